@@ -1,0 +1,43 @@
+# gracecodec developer entry points. `make demo` and `make test` set everything up
+# (a virtual environment in .venv with the CPU build of every dependency) on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= out
+
+.PHONY: help setup demo test test-fast lint bench-motion clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install gracecodec with its test tools
+
+demo: setup  ## make the example clip, encode it, show the stream, decode it
+	@mkdir -p $(OUT)
+	$(BIN)/gracecodec example $(OUT)/example.mp4
+	$(BIN)/gracecodec encode $(OUT)/example.mp4 $(OUT)/example.agc
+	$(BIN)/gracecodec info $(OUT)/example.agc
+	$(BIN)/gracecodec decode $(OUT)/example.agc $(OUT)/example_decoded.mp4
+
+test: setup  ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+test-fast: setup  ## the tests without the slow ones
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup  ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench-motion: setup  ## motion rate and landmark error on the val clips of ../shared/data
+	$(BIN)/gracecodec bench-motion --split val
+
+clean:  ## remove build products and caches (keeps .venv)
+	rm -rf $(OUT) build *.egg-info .pytest_cache .ruff_cache

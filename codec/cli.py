@@ -1,0 +1,196 @@
+"""The `gracecodec` command line. `main(argv)` returns the exit code, so tests call it in-process.
+
+Exit codes: 0 success, 1 a GraceError (one line on stderr), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import GraceError, InputError
+
+
+def _progress(iterable, quiet: bool, total: int | None, desc: str):
+    if quiet:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total or None, desc=desc, unit="frame", leave=False)
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .commands import encode_file
+
+    stats = encode_file(
+        args.input,
+        args.output,
+        key_codec=args.key_codec,
+        key_quality=args.key_quality,
+        keyframe_interval=args.keyframe_interval,
+        max_frames=args.max_frames,
+        detector=args.landmarks,
+        motion_step=args.motion_step,
+        progress=lambda it, total: _progress(it, args.quiet, total, "encode"),
+    )
+    if not args.quiet:
+        print(stats.summary())
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from .commands import decode_file
+
+    stats = decode_file(
+        args.input,
+        args.output,
+        backend=args.backend,
+        progress=lambda it, total: _progress(it, args.quiet, total, "decode"),
+    )
+    if not args.quiet:
+        print(stats.summary())
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .commands import stream_info
+
+    print(stream_info(args.input).report())
+    return 0
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    from .example import write_example_clip
+
+    write_example_clip(args.output, seconds=args.seconds)
+    if not args.quiet:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_bench_motion(args: argparse.Namespace) -> int:
+    from .benchmarks import bench_motion
+
+    print(bench_motion(args.data, split=args.split, max_clips=args.max_clips,
+                       motion_step=args.motion_step, num_coeffs=args.num_coeffs,
+                       cache=args.cache, quiet=args.quiet))
+    return 0
+
+
+def cmd_fit_shape_model(args: argparse.Namespace) -> int:
+    from .benchmarks import fit_shape_model_on_data
+
+    print(fit_shape_model_on_data(args.data, args.output, cache=args.cache, quiet=args.quiet))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="gracecodec",
+        description="Talking-face generative video codec: a key frame plus facial motion.",
+    )
+    p.add_argument("--version", action="version", version=f"gracecodec {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
+        return sp
+
+    e = add("encode", cmd_encode, "encode a talking-head video into an .agc stream")
+    e.add_argument("input", help="video file (MP4, MOV, MKV, MPG, ... anything PyAV reads)")
+    e.add_argument("output", help="output .agc file")
+    e.add_argument("--key-codec", choices=["hevc", "av1", "webp"], default="hevc",
+                   help="intra codec of key frames (default: hevc)")
+    e.add_argument("--key-quality", type=_int_range(0, 100), default=40, metavar="Q",
+                   help="key-frame quality 0..100, higher is better (default: 40)")
+    e.add_argument("--keyframe-interval", type=_int_range(0, 10**6), default=0, metavar="N",
+                   help="force a key frame every N frames; 0: only at the start and when "
+                   "the crop re-centres (default: 0)")
+    e.add_argument("--max-frames", type=_int_range(1, 10**9), default=None, metavar="N",
+                   help="encode at most N frames")
+    e.add_argument("--landmarks", choices=["dlib", "face-alignment"], default="dlib",
+                   help="landmark detector (default: dlib, works offline)")
+    e.add_argument("--motion-step", type=_float_range(0.05, 20.0), default=None, metavar="PX",
+                   help="motion quantisation step in crop px (default: the coder's)")
+
+    d = add("decode", cmd_decode, "decode an .agc stream into a video (.mp4: H.264, .mkv: FFV1 lossless)")
+    d.add_argument("input", help=".agc file")
+    d.add_argument("output", help="output video: .mp4 / .mov (H.264) or .mkv (FFV1, lossless)")
+    d.add_argument("--backend", default=None,
+                   help="generator backend (default: the one the stream's model names)")
+
+    i = add("info", cmd_info, "print an .agc stream's header, packets and rate breakdown")
+    i.add_argument("input", help=".agc file")
+
+    x = add("example", cmd_example, "write the self-made example talking-head clip")
+    x.add_argument("output", help="output .mp4")
+    x.add_argument("--seconds", type=_float_range(0.2, 60.0), default=4.0)
+
+    default_data = str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    b = add("bench-motion", cmd_bench_motion,
+            "measure the motion coder (rate, landmark error) on clips of ../shared/data")
+    b.add_argument("--data", default=default_data, help="data folder with manifest.csv")
+    b.add_argument("--split", default="val")
+    b.add_argument("--max-clips", type=int, default=None)
+    b.add_argument("--motion-step", type=float, default=None)
+    b.add_argument("--num-coeffs", type=int, default=None)
+    b.add_argument("--cache", default="cache/tracks", help="folder for cached landmark tracks")
+
+    f = add("fit-shape-model", cmd_fit_shape_model,
+            "fit the PCA shape model on the train split (developer command)")
+    f.add_argument("--data", default=default_data)
+    f.add_argument("--output", default=str(Path(__file__).parent / "assets" / "shape_model.npz"))
+    f.add_argument("--cache", default="cache/tracks")
+    return p
+
+
+def _int_range(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is outside {lo}..{hi}")
+        return v
+
+    return parse
+
+
+def _float_range(lo: float, hi: float):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is outside {lo}..{hi}")
+        return v
+
+    return parse
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on usage errors
+    try:
+        return args.func(args)
+    except GraceError as e:
+        print(f"gracecodec: error: {e}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as e:
+        print(f"gracecodec: error: {InputError(f'{e.filename}: no such file')}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gracecodec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""File-level operations behind the CLI: encode a video, decode a stream, describe a stream."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from fractions import Fraction
+from pathlib import Path
+
+from .bitstream import AgcReader, AgcWriter, Header, Packet, PacketKind
+from .errors import BitstreamError, InputError
+from .fileio import atomic_output, check_writable
+
+Progress = Callable[[Iterable, int | None], Iterable]
+
+
+def _no_progress(it: Iterable, total: int | None) -> Iterable:
+    return it
+
+
+@dataclasses.dataclass
+class EncodeStats:
+    frames: int = 0
+    keyframes: int = 0
+    lost_frames: int = 0
+    bytes_total: int = 0
+    seconds: float = 0.0
+    fps: Fraction = Fraction(25)
+
+    def summary(self) -> str:
+        duration = self.frames / self.fps if self.frames else 1
+        kbps = self.bytes_total * 8 / float(duration) / 1000
+        speed = self.frames / self.seconds if self.seconds else 0.0
+        return (
+            f"encoded {self.frames} frames ({self.keyframes} key frames, "
+            f"{self.lost_frames} without a detected face) into {self.bytes_total} bytes, "
+            f"{kbps:.2f} kbit/s, {speed:.1f} frames/s"
+        )
+
+
+@dataclasses.dataclass
+class DecodeStats:
+    frames: int = 0
+    seconds: float = 0.0
+    backend: str = ""
+
+    def summary(self) -> str:
+        speed = self.frames / self.seconds if self.seconds else 0.0
+        return f"decoded {self.frames} frames with backend {self.backend!r}, {speed:.1f} frames/s"
+
+
+def encode_file(
+    input_path,
+    output_path,
+    *,
+    key_codec: str = "hevc",
+    key_quality: int = 40,
+    keyframe_interval: int = 0,
+    max_frames: int | None = None,
+    detector: str = "dlib",
+    motion_step: float | None = None,
+    progress: Progress = _no_progress,
+    encoder_out: list | None = None,
+) -> EncodeStats:
+    """Encodes a video file into an .agc file; the output appears only on success.
+
+    encoder_out: when given a list, the Encoder (with per-frame records) is appended to it.
+    """
+    from encoder.encoder import Encoder, EncoderConfig
+    from encoder.pipeline import PipelineConfig
+
+    from .motion import MotionConfig
+    from .video import probe_video, read_frames
+
+    check_writable(output_path)
+    info = probe_video(input_path)
+    motion = MotionConfig() if motion_step is None else MotionConfig(step_px=motion_step)
+    config = EncoderConfig(
+        key_codec=key_codec,
+        key_quality=key_quality,
+        keyframe_interval=keyframe_interval,
+        motion=motion,
+        pipeline=PipelineConfig(detector=detector),
+    )
+    enc = Encoder(config, info.fps, info.width, info.height, keep_records=encoder_out is not None)
+    if encoder_out is not None:
+        encoder_out.append(enc)
+    stats = EncodeStats(fps=info.fps)
+    total = min(info.frame_count, max_frames or info.frame_count) or max_frames
+    start = time.perf_counter()
+    with atomic_output(output_path) as tmp, open(tmp, "wb") as f:
+        writer = AgcWriter(f, enc.header)
+
+        def write(packets: list[Packet]) -> None:
+            for p in packets:
+                writer.write(p)
+                stats.frames += p.kind in (PacketKind.KEYFRAME, PacketKind.MOTION)
+                stats.keyframes += p.kind == PacketKind.KEYFRAME
+
+        for frame in progress(read_frames(input_path, max_frames), total):
+            write(enc.encode(frame))
+        write(enc.flush())
+        writer.close()
+        stats.bytes_total = writer.bytes_written
+    stats.seconds = time.perf_counter() - start
+    stats.lost_frames = enc.pipeline.lost_frames
+    return stats
+
+
+def decode_file(
+    input_path, output_path, *, backend: str | None = None, progress: Progress = _no_progress
+) -> DecodeStats:
+    """Decodes an .agc file into a video file; the output appears only on success."""
+    from .decoder import Decoder
+    from .video import VideoWriter
+
+    check_writable(output_path)
+    with _open_stream(input_path) as f:
+        reader = AgcReader(f)
+        header = reader.header
+        decoder = Decoder(header, backend)
+        stats = DecodeStats(backend=decoder.backend)
+        start = time.perf_counter()
+        with VideoWriter(output_path, header.fps, header.width, header.height) as out:
+            for packet in progress(reader, header.frame_count or None):
+                for frame in decoder.decode(packet):
+                    out.write(frame)
+                    stats.frames += 1
+            if stats.frames == 0:
+                raise BitstreamError("the stream holds no frames")
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _open_stream(path):
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    return open(p, "rb")
+
+
+@dataclasses.dataclass
+class StreamInfo:
+    header: Header
+    file_bytes: int
+    packets: Counter  # kind -> count
+    payload_bytes: Counter  # kind -> payload bytes
+    key_codecs: Counter  # ImageCodec name -> count
+
+    @property
+    def frames(self) -> int:
+        return self.packets[PacketKind.KEYFRAME] + self.packets[PacketKind.MOTION]
+
+    @property
+    def duration(self) -> float:
+        return float(self.frames / self.header.fps) if self.frames else 0.0
+
+    def kbps(self, nbytes: int) -> float:
+        return nbytes * 8 / self.duration / 1000 if self.duration else 0.0
+
+    def report(self) -> str:
+        h = self.header
+        key = self.payload_bytes[PacketKind.KEYFRAME]
+        motion = self.payload_bytes[PacketKind.MOTION]
+        framing = self.file_bytes - key - motion
+        n_key, n_motion = self.packets[PacketKind.KEYFRAME], self.packets[PacketKind.MOTION]
+        codecs = ", ".join(f"{k} x{v}" for k, v in sorted(self.key_codecs.items())) or "-"
+        lines = [
+            f"format       .agc {h.model_id!r} model"
+            + (f" (digest {h.model_digest.hex()})" if h.model_digest else " (no weights)"),
+            f"video        {h.width}x{h.height} at {float(h.fps):.3f} fps ({h.fps}), "
+            f"{self.frames} frames, {self.duration:.2f} s",
+            f"landmarks    {h.landmark_scheme.name}, motion parameters {h.motion_params.hex()}",
+            f"packets      {n_key} KEYFRAME ({codecs}), {n_motion} MOTION, "
+            f"{sum(self.packets.values()) - n_key - n_motion} other",
+            "rate         bytes      kbit/s",
+            f"  key frames {key:<10d} {self.kbps(key):.3f}",
+            f"  motion     {motion:<10d} {self.kbps(motion):.3f}"
+            + (f"   ({motion * 8 / max(n_motion, 1):.1f} bits a frame)" if n_motion else ""),
+            f"  framing    {framing:<10d} {self.kbps(framing):.3f}   (header, packet headers, CRCs)",
+            f"  total      {self.file_bytes:<10d} {self.kbps(self.file_bytes):.3f}",
+        ]
+        return "\n".join(lines)
+
+
+def stream_info(path) -> StreamInfo:
+    """Reads a whole .agc file (checking every CRC) and tallies its packets."""
+    from .keyframe import ImageCodec
+
+    packets: Counter = Counter()
+    payload: Counter = Counter()
+    codecs: Counter = Counter()
+    with _open_stream(path) as f:
+        reader = AgcReader(f)
+        for p in reader:
+            packets[p.kind] += 1
+            payload[p.kind] += len(p.payload)
+            if p.kind == PacketKind.KEYFRAME and p.payload:
+                try:
+                    codecs[ImageCodec(p.payload[0]).name] += 1
+                except ValueError:
+                    codecs["unknown"] += 1
+        size = f.tell()
+    return StreamInfo(reader.header, size, packets, payload, codecs)

@@ -1,0 +1,89 @@
+"""The Decoder: .agc packets in, RGB frames out.
+
+    dec = Decoder(reader.header)          # backend from the header's model, or by name
+    for packet in reader:
+        for frame in dec.decode(packet):   # uint8 (H, W, 3) RGB
+            ...
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import binary
+from .bitstream import MAX_PAYLOAD_BYTES, Header, Packet, PacketKind
+from .errors import BitstreamError, GraceError
+from .generators import MODEL_BACKENDS, make_generator
+from .keyframe import ImageCodec, decode_image
+from .motion import MotionConfig, MotionDecoder, default_shape_model
+
+
+def default_backend(header: Header) -> str:
+    if header.model_id not in MODEL_BACKENDS:
+        raise GraceError(
+            f"the stream was made for model {header.model_id!r}, which no backend here "
+            "decodes; choose one with --backend"
+        )
+    return MODEL_BACKENDS[header.model_id]
+
+
+class Decoder:
+    """Turns packets into frames, one frame per KEYFRAME or MOTION packet.
+
+    Frames must arrive in order: a missing frame is a `BitstreamError`. After an error
+    the decoder waits for the next key frame (`needs_keyframe`), which a live receiver
+    requests from the sender.
+    """
+
+    def __init__(self, header: Header, backend: str | None = None):
+        self.header = header
+        shape_model = default_shape_model()
+        self.motion = MotionDecoder(MotionConfig.from_bytes(header.motion_params, shape_model), shape_model)
+        self.backend = backend or default_backend(header)
+        self.generator = make_generator(self.backend, header.model_id, header.model_digest)
+        self.next_pts = 0
+        self.needs_keyframe = True
+
+    def decode(self, packet: Packet) -> list[np.ndarray]:
+        """Returns the frames this packet completes (zero or one)."""
+        if packet.kind == PacketKind.KEYFRAME:
+            return [self._keyframe(packet)]
+        if packet.kind == PacketKind.MOTION:
+            return [self._motion(packet)]
+        return []  # unknown kinds (newer minor versions) are skipped
+
+    def _keyframe(self, packet: Packet) -> np.ndarray:
+        self._check_pts(packet.pts, keyframe=True)
+        r = binary.ByteReader(packet.payload, "KEYFRAME packet")
+        try:
+            codec = ImageCodec(r.u8())
+        except ValueError:
+            raise BitstreamError(f"KEYFRAME at pts {packet.pts}: unknown image codec") from None
+        lm_bytes = r.length_prefixed(MAX_PAYLOAD_BYTES)
+        image = decode_image(r.take(r.remaining), codec, self.header.width, self.header.height)
+        try:
+            landmarks = self.motion.intra(lm_bytes)
+        except GraceError:
+            self.needs_keyframe = True
+            raise
+        self.generator.set_reference(image, landmarks)
+        self.needs_keyframe = False
+        self.next_pts = packet.pts + 1
+        return image
+
+    def _motion(self, packet: Packet) -> np.ndarray:
+        if self.needs_keyframe:
+            raise BitstreamError(f"MOTION at pts {packet.pts} without a preceding key frame")
+        self._check_pts(packet.pts, keyframe=False)
+        try:
+            landmarks = self.motion.inter(packet.payload)
+        except GraceError:
+            self.needs_keyframe = True
+            raise
+        self.next_pts = packet.pts + 1
+        return self.generator.render(landmarks)
+
+    def _check_pts(self, pts: int, keyframe: bool) -> None:
+        if pts != self.next_pts and not (keyframe and self.needs_keyframe and pts > self.next_pts):
+            self.needs_keyframe = True
+            raise BitstreamError(f"frame {pts} arrived where frame {self.next_pts} was expected")

@@ -1,0 +1,58 @@
+"""Generator backends, chosen by name.
+
+A generator animates a reference (key) frame to follow target landmarks::
+
+    gen = make_generator("warp")
+    gen.set_reference(image, landmarks)   # once per key frame: caches what depends on it
+    frame = gen.render(target_landmarks)  # per frame
+
+Backends register lazily as "module:factory" strings, so `import codec` never imports
+torch, and a backend whose dependencies are missing fails only when it is chosen, with
+`BackendUnavailableError` saying what to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, GraceError
+
+
+class Generator(Protocol):
+    name: str
+
+    def set_reference(self, image: np.ndarray, landmarks: np.ndarray) -> None:
+        """image: uint8 (H, W, 3) RGB key frame; landmarks: float32 (68, 2) in its pixels."""
+
+    def render(self, landmarks: np.ndarray) -> np.ndarray:
+        """landmarks: float32 (68, 2) target pose -> uint8 (H, W, 3) RGB frame."""
+
+
+# name -> "module:factory"; later backends (torch, int8, csim, pynq, pynq-sim) add lines here.
+_BACKENDS: dict[str, str] = {
+    "warp": "codec.generators.warp:WarpGenerator",
+}
+
+# The model id a stream's header names -> the backend that decodes it by default.
+MODEL_BACKENDS: dict[str, str] = {
+    "warp": "warp",
+}
+
+
+def backend_names() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def make_generator(name: str, model_id: str = "warp", model_digest: bytes = b"") -> Generator:
+    """Builds the backend `name` for a stream made for model (`model_id`, `model_digest`)."""
+    if name not in _BACKENDS:
+        raise GraceError(f"unknown backend {name!r} (choose from {', '.join(backend_names())})")
+    module_name, factory_name = _BACKENDS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise BackendUnavailableError(f"backend {name!r} cannot load: {e}") from None
+    return getattr(module, factory_name)(model_id=model_id, model_digest=model_digest)

@@ -1,0 +1,494 @@
+"""Motion coding: 68 landmarks a frame -> a few dozen bits, over one continuous stream.
+
+Pipeline (encoder and decoder run the same arithmetic, so the encoder knows exactly the
+landmarks the receiver reconstructs):
+
+1. **Reduce.** A similarity transform (centroid x/y, log scale, rotation) maps the
+   landmarks onto a normalised shape, which a PCA basis fitted on training clips
+   (`codec/assets/shape_model.npz`) reduces to `num_coeffs` coefficients. A frame is
+   then a parameter vector ``[cx, cy, log_s, theta, b_1 .. b_k]``.
+2. **Quantise** each parameter with a uniform step derived from one knob, the motion
+   step in crop pixels.
+3. **Predict** each parameter from the previous *decoded* frame (closed-loop DPCM), so
+   quantisation errors do not accumulate.
+4. **Entropy-code** the residual indices with adaptive per-parameter categorical models
+   and one range coder (`constriction`) that runs across all frames of a segment (key
+   frame to key frame). Nothing is flushed or byte-aligned per frame: a MOTION packet
+   carries the 32-bit words the coder finalised since the previous packet. A range
+   decoder looks two words ahead, so the encoder holds a frame's packet back until the
+   two words after its last symbol exist (typically one or two frames, 40-80 ms at
+   25 fps); a key frame or the end of the stream seals the coder and releases the rest.
+
+Key frames carry their parameters intra-coded (absolute indices as signed varints); they
+reset the predictor, the adaptive models and the range coder, so decoding can start at any
+key frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import struct
+from collections.abc import Sequence
+from importlib import resources
+
+import numpy as np
+
+from . import binary
+from .errors import BitstreamError
+
+MOTION_CODER_VERSION = 1  # bump when anything that changes the coded bits changes
+ALPHABET_HALF = 12  # residual indices -12..12 get their own symbol
+ESCAPE = 2 * ALPHABET_HALF + 1  # then a raw 16-bit zigzag value follows
+ALPHABET = ESCAPE + 1
+MAX_RESIDUAL = 2**15 - 1
+COUNT_INCREMENT = 24  # adaptation speed of the frequency counts
+COUNT_LIMIT = 1 << 13  # halve the counts above this total: forget old statistics
+NUM_POSE = 4  # cx, cy, log_s, theta
+LOOKAHEAD_WORDS = 2  # words a range decoder reads beyond its current position
+
+
+# ---------------------------------------------------------------------------------------
+# Shape model: similarity normalisation + PCA basis
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeModel:
+    """A PCA model of normalised 68-point shapes.
+
+    mean: float64 (136,) normalised mean shape (zero centroid, unit RMS radius).
+    basis: float64 (k_max, 136) orthonormal rows, by decreasing variance.
+    stddev: float64 (k_max,) standard deviation of each coefficient on the training set.
+    scale0: typical RMS radius of a face in the 256 crop (px), sets coefficient steps.
+    """
+
+    mean: np.ndarray
+    basis: np.ndarray
+    stddev: np.ndarray
+    scale0: float
+    prior_counts: np.ndarray | None = None  # int64 (4 + k_max, ALPHABET) residual histogram
+
+    @functools.cached_property
+    def digest(self) -> bytes:
+        h = hashlib.sha256()
+        for a in (self.mean, self.basis, self.stddev):
+            h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
+        h.update(struct.pack("<d", self.scale0))
+        return h.digest()[:8]
+
+    @property
+    def max_coeffs(self) -> int:
+        return self.basis.shape[0]
+
+    def save(self, path) -> None:
+        extra = {} if self.prior_counts is None else {"prior_counts": self.prior_counts}
+        np.savez(
+            path, mean=self.mean, basis=self.basis, stddev=self.stddev,
+            scale0=np.float64(self.scale0), **extra,
+        )
+
+    @classmethod
+    def load(cls, path) -> ShapeModel:
+        with np.load(path) as z:
+            prior = z["prior_counts"] if "prior_counts" in z else None
+            return cls(z["mean"], z["basis"], z["stddev"], float(z["scale0"]), prior)
+
+
+@functools.cache
+def default_shape_model() -> ShapeModel:
+    """The shape model shipped in the package (fitted by `gracecodec fit-shape-model`)."""
+    ref = resources.files("codec") / "assets" / "shape_model.npz"
+    with resources.as_file(ref) as path:
+        return ShapeModel.load(path)
+
+
+def similarity_normalise(landmarks: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Splits landmarks into a similarity pose and a normalised shape.
+
+    landmarks: float (68, 2) crop pixels. mean: (136,) normalised mean shape.
+    Returns pose float64 (4,) = [cx, cy, log_s, theta] and shape float64 (136,) such that
+    landmarks = s R(theta) shape + c.
+    """
+    pts = np.asarray(landmarks, dtype=np.float64).reshape(68, 2)
+    c = pts.mean(axis=0)
+    d = pts - c
+    s = np.sqrt((d**2).sum(axis=1).mean())
+    if not np.isfinite(s) or s <= 1e-6:
+        raise ValueError("degenerate landmarks: all points coincide")
+    d = d / s
+    m = mean.reshape(68, 2)
+    # Rotation that best maps the mean onto the shape (2-D Procrustes, closed form).
+    num = (m[:, 0] * d[:, 1] - m[:, 1] * d[:, 0]).sum()
+    den = (m[:, 0] * d[:, 0] + m[:, 1] * d[:, 1]).sum()
+    theta = np.arctan2(num, den)
+    shape = d @ _rotation(theta)  # rotates by -theta (row vectors times R)
+    return np.array([c[0], c[1], np.log(s), theta]), shape.reshape(-1)
+
+
+def _rotation(theta: float) -> np.ndarray:
+    cos, sin = np.cos(theta), np.sin(theta)
+    return np.array([[cos, -sin], [sin, cos]])
+
+
+def landmarks_to_params(landmarks: np.ndarray, model: ShapeModel, k: int) -> np.ndarray:
+    """float (68, 2) crop px -> float64 (4 + k,) parameters [cx, cy, log_s, theta, b_1..b_k]."""
+    pose, shape = similarity_normalise(landmarks, model.mean)
+    coeffs = model.basis[:k] @ (shape - model.mean)
+    return np.concatenate([pose, coeffs])
+
+
+def params_to_landmarks(
+    params: np.ndarray, model: ShapeModel, detail: np.ndarray | None = None
+) -> np.ndarray:
+    """float64 (4 + k,) parameters -> float32 (68, 2) landmarks in crop px.
+
+    detail: optional float64 (136,) normalised shape offset (the key frame's detail).
+    """
+    cx, cy, log_s, theta = params[:NUM_POSE]
+    k = len(params) - NUM_POSE
+    shape = model.mean + params[NUM_POSE:] @ model.basis[:k]
+    if detail is not None:
+        shape = shape + detail
+    shape = shape.reshape(68, 2)
+    pts = np.exp(log_s) * shape @ _rotation(theta).T + np.array([cx, cy])
+    return pts.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# Quantisation configuration (written into the stream header)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MotionConfig:
+    """The motion coder's parameters.
+
+    num_coeffs: PCA coefficients sent per frame.
+    step_px: quantisation step of a shape coefficient, in crop pixels at the typical face
+        scale; pose steps are derived from it (see `steps`).
+    """
+
+    num_coeffs: int = 20
+    step_px: float = 2.0
+
+    def steps(self, model: ShapeModel) -> np.ndarray:
+        """float64 (4 + k,) quantisation step of each parameter.
+
+        Each pose parameter gets a step whose error, spread over the face, is a quarter
+        of a coefficient step's: pose errors move every point, shape errors spread out.
+        """
+        q = self.step_px
+        pose = [q / 4, q / 4, q / (4 * model.scale0), q / (4 * model.scale0)]
+        return np.array(pose + [q / model.scale0] * self.num_coeffs)
+
+    def to_bytes(self, model: ShapeModel) -> bytes:
+        return (
+            binary.u8(MOTION_CODER_VERSION)
+            + binary.length_prefixed(model.digest)
+            + binary.u8(self.num_coeffs)
+            + binary.varint(round(self.step_px * 1000))
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, model: ShapeModel) -> MotionConfig:
+        r = binary.ByteReader(data, "motion parameters")
+        version = r.u8()
+        if version != MOTION_CODER_VERSION:
+            raise BitstreamError(f"motion coder version {version} is not supported")
+        digest = r.length_prefixed(32)
+        if digest != model.digest:
+            raise BitstreamError(
+                f"stream uses shape model {digest.hex()}, this build ships {model.digest.hex()}"
+            )
+        k = r.u8()
+        step = r.varint(10**6) / 1000
+        if not 1 <= k <= model.max_coeffs or step <= 0:
+            raise BitstreamError(f"motion parameters out of range (k={k}, step={step})")
+        return cls(num_coeffs=k, step_px=step)
+
+
+# ---------------------------------------------------------------------------------------
+# Adaptive models and the two coders
+# ---------------------------------------------------------------------------------------
+
+
+class _AdaptiveModels:
+    """One frequency table per parameter, updated after every frame identically on both sides."""
+
+    def __init__(self, n: int, prior: np.ndarray | None):
+        if prior is not None and prior.shape[0] >= n:
+            self.initial = prior[:n].astype(np.int64)
+        else:  # a generic peaked prior: zero residuals are the most likely
+            dist = np.abs(np.arange(ALPHABET) - ALPHABET_HALF)
+            row = np.maximum(1, (256 * 0.5**dist).astype(np.int64))
+            row[ESCAPE] = 1
+            self.initial = np.tile(row, (n, 1))
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts = self.initial.copy()
+
+    def probabilities(self) -> np.ndarray:
+        counts = self.counts.astype(np.float64)
+        return counts / counts.sum(axis=1, keepdims=True)
+
+    def update(self, symbols: np.ndarray) -> None:
+        rows = np.arange(len(symbols))
+        self.counts[rows, symbols] += COUNT_INCREMENT
+        full = self.counts.sum(axis=1) > COUNT_LIMIT
+        self.counts[full] = (self.counts[full] + 1) // 2
+
+
+def _categorical():
+    import constriction  # local import: keeps `import codec` light
+
+    return constriction.stream.model.Categorical(perfect=False)
+
+
+def _uniform16():
+    import constriction
+
+    return constriction.stream.model.Uniform(1 << 16)
+
+
+def _residual_symbols(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int residual indices -> (symbols, escaped zigzag values)."""
+    symbols = residual + ALPHABET_HALF
+    escaped = np.abs(residual) > ALPHABET_HALF
+    symbols[escaped] = ESCAPE
+    raw = np.array([binary.zigzag(int(v)) for v in residual[escaped]], dtype=np.int32)
+    return symbols.astype(np.int32), raw
+
+
+class _Predictor:
+    """Closed-loop state shared by both sides: decoded indices and the coder context."""
+
+    def __init__(self, config: MotionConfig, model: ShapeModel):
+        self.config = config
+        self.model = model
+        self.steps = config.steps(model)
+        self.n = NUM_POSE + config.num_coeffs
+        self.models = _AdaptiveModels(self.n, model.prior_counts)
+        self.previous: np.ndarray | None = None  # int64 (n,) decoded indices
+        self.detail_step = config.step_px / (2 * model.scale0)
+        self.detail = np.zeros(136)  # the key frame's shape detail outside the PCA basis
+
+    def indices_to_landmarks(self, indices: np.ndarray) -> np.ndarray:
+        return params_to_landmarks(indices * self.steps, self.model, self.detail)
+
+    def start_segment(self, indices: np.ndarray, detail_indices: np.ndarray) -> None:
+        self.previous = indices
+        self.detail = detail_indices * self.detail_step
+        self.models.reset()
+
+
+class MotionEncoder:
+    """Turns per-frame landmarks into KEYFRAME landmark fields and MOTION payloads.
+
+    Usage: `intra(landmarks)` at a key frame (returns its payload bytes and the decoded
+    landmarks), then `inter(landmarks)` for each following frame, which returns the
+    decoded landmarks and the list of (frame index, payload) MOTION chunks that became
+    ready; `seal()` before the next key frame or at the end releases the held-back rest.
+    """
+
+    def __init__(self, config: MotionConfig, model: ShapeModel | None = None):
+        self.state = _Predictor(config, model or default_shape_model())
+        self._coder = None
+        self._pending: list[tuple[int, int]] = []  # (frame index, words needed)
+        self._sent_words = 0
+        self._frame = 0
+
+    def intra(self, landmarks: np.ndarray, frame: int) -> tuple[bytes, np.ndarray]:
+        """Starts a segment. Returns (intra-coded parameters, decoded float32 68x2 landmarks)."""
+        import constriction
+
+        s = self.state
+        params = landmarks_to_params(landmarks, s.model, s.config.num_coeffs)
+        indices = np.clip(np.round(params / s.steps), -(2**31), 2**31 - 1).astype(np.int64)
+        # The identity-specific shape the PCA basis misses stays constant over a segment:
+        # send it once here instead of paying for more coefficients every frame.
+        _, shape = similarity_normalise(landmarks, s.model.mean)
+        coeffs = params[NUM_POSE:]
+        detail = shape - s.model.mean - coeffs @ s.model.basis[: len(coeffs)]
+        detail_indices = np.clip(np.round(detail / s.detail_step), -MAX_RESIDUAL, MAX_RESIDUAL)
+        s.start_segment(indices, detail_indices.astype(np.int64))
+        self._coder = constriction.stream.queue.RangeEncoder()
+        self._pending, self._sent_words, self._frame = [], 0, frame
+        values = np.concatenate([indices, detail_indices.astype(np.int64)])
+        payload = b"".join(binary.svarint(int(v)) for v in values)
+        return payload, s.indices_to_landmarks(indices)
+
+    def inter(self, landmarks: np.ndarray) -> tuple[np.ndarray, list[tuple[int, bytes]]]:
+        """Codes one frame after the key frame. Returns (decoded landmarks, ready chunks)."""
+        s = self.state
+        if self._coder is None or s.previous is None:
+            raise RuntimeError("MotionEncoder.inter called before intra")
+        self._frame += 1
+        params = landmarks_to_params(landmarks, s.model, s.config.num_coeffs)
+        residual = np.round(params / s.steps - s.previous).astype(np.int64)
+        residual = np.clip(residual, -MAX_RESIDUAL, MAX_RESIDUAL)
+        symbols, raw = _residual_symbols(residual)
+        self._coder.encode(symbols, _categorical(), s.models.probabilities())
+        if len(raw):
+            self._coder.encode(raw, _uniform16())
+        s.models.update(symbols)
+        s.previous = s.previous + residual
+        self._pending.append((self._frame, self._coder.pos()[0] + LOOKAHEAD_WORDS))
+        return s.indices_to_landmarks(s.previous), self._release(sealed=False)
+
+    def seal(self) -> list[tuple[int, bytes]]:
+        """Ends the segment: flushes the coder and returns every held-back chunk."""
+        if self._coder is None:
+            return []
+        ready = self._release(sealed=True)
+        self._coder = None
+        return ready
+
+    def _release(self, sealed: bool) -> list[tuple[int, bytes]]:
+        """Pops the pending frames whose words are all final, each with the new words."""
+        words = self._coder.get_compressed()
+        words_available = len(words) if sealed else _final_words(self._coder, words)
+        ready = []
+        while self._pending and (sealed or self._pending[0][1] <= words_available):
+            frame, _ = self._pending.pop(0)
+            # Each chunk carries every word finalised so far that was not sent yet.
+            chunk = words[self._sent_words : words_available]
+            self._sent_words = max(self._sent_words, words_available)
+            ready.append((frame, chunk.astype("<u4").tobytes()))
+        return ready
+
+
+def _final_words(coder, words: np.ndarray) -> int:
+    """How many leading words of a running range coder can no longer change.
+
+    `pos()` counts words that a carry may still increment: while lower + range overflows
+    64 bits the coder is "inverted", and the last word plus any run of 0xFFFFFFFF words
+    before it wait for the carry to resolve. Being conservative only delays a packet.
+    """
+    position, (lower, rng) = coder.pos()
+    if lower + rng < 1 << 64:
+        return position
+    n = position - 1  # the last counted word waits for the carry
+    while n > 0 and words[n] in (0, 0xFFFFFFFF):  # a run the carry would ripple through
+        n -= 1
+    return n  # words[n] is the first word a carry may change
+
+
+class MotionDecoder:
+    """Mirror of MotionEncoder on the receiving side."""
+
+    def __init__(self, config: MotionConfig, model: ShapeModel | None = None):
+        self.state = _Predictor(config, model or default_shape_model())
+        self._words = np.zeros(0, dtype=np.uint32)  # received, not yet consumed words
+        self._checkpoint: tuple[int, tuple[int, int]] | None = None
+        self._shadow = None  # a mirror encoder: its pos() is our decoder checkpoint
+
+    @property
+    def ready(self) -> bool:
+        """True once a key frame has started a segment."""
+        return self.state.previous is not None
+
+    def intra(self, payload: bytes) -> np.ndarray:
+        """Reads a key frame's parameters; returns decoded float32 (68, 2) landmarks."""
+        import constriction
+
+        s = self.state
+        r = binary.ByteReader(payload, "key-frame landmarks")
+        indices = np.array([r.svarint(2**31) for _ in range(s.n)], dtype=np.int64)
+        detail = np.array([r.svarint(MAX_RESIDUAL) for _ in range(136)], dtype=np.int64)
+        r.expect_end()
+        s.start_segment(indices, detail)
+        self._words = np.zeros(0, dtype=np.uint32)
+        self._shadow = constriction.stream.queue.RangeEncoder()
+        self._checkpoint = None
+        return self._landmarks(indices)
+
+    def inter(self, payload: bytes) -> np.ndarray:
+        """Decodes one MOTION chunk; returns decoded float32 (68, 2) landmarks."""
+        import constriction
+
+        s = self.state
+        if s.previous is None or self._shadow is None:
+            raise BitstreamError("motion packet before any key frame")
+        if len(payload) % 4:
+            raise BitstreamError("motion packet length is not a multiple of 4 bytes")
+        self._words = np.concatenate([self._words, np.frombuffer(payload, dtype="<u4")])
+        if len(self._words) == 0:
+            raise BitstreamError("motion stream underrun: no coded data")
+        decoder = constriction.stream.queue.RangeDecoder(self._words.astype(np.uint32))
+        try:
+            if self._checkpoint is not None:
+                decoder.seek(0, self._checkpoint[1])
+            symbols = np.asarray(decoder.decode(_categorical(), s.models.probabilities()))
+            escaped = symbols == ESCAPE
+            raw = (
+                np.asarray(decoder.decode(_uniform16(), int(escaped.sum())))
+                if escaped.any()
+                else np.zeros(0, dtype=np.int32)
+            )
+        except (AssertionError, ValueError, RuntimeError) as e:
+            raise BitstreamError(f"motion stream damaged: {e}") from None
+        residual = symbols.astype(np.int64) - ALPHABET_HALF
+        residual[escaped] = [binary.unzigzag(int(v)) for v in raw]
+        # Mirror the encoder to learn where the next frame starts in the word stream.
+        self._shadow.encode(symbols.astype(np.int32), _categorical(), s.models.probabilities())
+        if len(raw):
+            self._shadow.encode(raw.astype(np.int32), _uniform16())
+        position, coder_state = self._shadow.pos()
+        consumed = position - (self._checkpoint[0] if self._checkpoint else 0)
+        self._words = self._words[consumed:]
+        self._checkpoint = (position, coder_state)
+        s.models.update(symbols.astype(np.int32))
+        s.previous = s.previous + residual
+        return self._landmarks(s.previous)
+
+    def _landmarks(self, indices: np.ndarray) -> np.ndarray:
+        pts = self.state.indices_to_landmarks(indices)
+        if not np.isfinite(pts).all():
+            raise BitstreamError("motion stream decodes to non-finite landmarks")
+        return pts
+
+
+def rms_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Root mean square Euclidean distance between two (N, 2) point sets, in px."""
+    return float(np.sqrt(((np.asarray(a, np.float64) - b) ** 2).sum(axis=-1).mean()))
+
+
+def fit_shape_model(
+    tracks: Sequence[np.ndarray], max_coeffs: int = 40, config: MotionConfig | None = None
+) -> ShapeModel:
+    """Fits the PCA basis and residual priors on landmark tracks in crop pixels.
+
+    tracks: sequence of float (T, 68, 2) smoothed landmark tracks, one per clip.
+    """
+    frames = np.concatenate([np.asarray(t, np.float64).reshape(-1, 68, 2) for t in tracks])
+    # Iterate mean estimation: normalise to the current mean, re-average (generalised Procrustes).
+    first = frames[0] - frames[0].mean(axis=0)
+    mean = (first / np.sqrt((first**2).sum(axis=1).mean())).reshape(-1)
+    for _ in range(5):
+        shapes = np.stack([similarity_normalise(f, mean)[1] for f in frames])
+        mean = shapes.mean(axis=0)
+        mean /= np.sqrt((mean.reshape(68, 2) ** 2).sum(axis=1).mean())
+    shapes = np.stack([similarity_normalise(f, mean)[1] for f in frames])
+    scales = np.stack([similarity_normalise(f, mean)[0][2] for f in frames])
+    _, sv, vt = np.linalg.svd(shapes - mean, full_matrices=False)
+    k = min(max_coeffs, vt.shape[0])
+    stddev = sv[:k] / np.sqrt(len(shapes))
+    model = ShapeModel(mean, vt[:k], stddev, float(np.exp(np.median(scales))))
+    # Priors: the residual histogram each parameter shows on the training tracks.
+    config = config or MotionConfig()
+    hist = np.ones((NUM_POSE + k, ALPHABET), dtype=np.int64)
+    wide = MotionConfig(num_coeffs=k, step_px=config.step_px)
+    for track in tracks:
+        enc = MotionEncoder(wide, model)
+        enc.intra(track[0], 0)
+        for pts in track[1:]:
+            before = enc.state.previous.copy()
+            enc.inter(pts)
+            symbols, _ = _residual_symbols(enc.state.previous - before)
+            hist[np.arange(len(symbols)), symbols] += 1
+        enc.seal()
+    prior = np.maximum(1, np.round(hist * (1024 / hist.sum(axis=1, keepdims=True)))).astype(np.int64)
+    return dataclasses.replace(model, prior_counts=prior)

@@ -1,0 +1,234 @@
+"""The command line end to end, in-process: encode -> info -> decode, and every bad input.
+
+Each bad input must give exit code 1 (2 for usage errors), one line on stderr, no
+traceback, and no output file left behind.
+"""
+
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codec.bitstream import AgcReader, PacketKind
+from codec.cli import main
+from codec.decoder import Decoder
+from codec.video import VideoWriter, probe_video, read_frames
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def encoded(example_clip, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("enc") / "example.agc"
+    assert main(["encode", str(example_clip), str(out), "--quiet"]) == 0
+    return out
+
+
+def run_fails(argv, capsys, code=1) -> str:
+    """Runs the CLI expecting failure; returns the one-line error."""
+    if code == 2:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        return capsys.readouterr().err
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gracecodec: error:"), err
+    return lines[0]
+
+
+def test_encode_decode_round_trip_lossless(example_clip, encoded, tmp_path, capsys):
+    out = tmp_path / "decoded.mkv"
+    assert main(["decode", str(encoded), str(out), "--quiet"]) == 0
+    source = probe_video(example_clip)
+    decoded = list(read_frames(out))
+    info = probe_video(out)
+    assert len(decoded) == source.frame_count  # one output frame per input frame
+    assert info.fps == source.fps and (info.width, info.height) == (256, 256)
+    # FFV1 is lossless: the file holds exactly what the decoder produced in memory.
+    with open(encoded, "rb") as f:
+        reader = AgcReader(f)
+        dec = Decoder(reader.header)
+        frames = [fr for p in reader for fr in dec.decode(p)]
+    assert len(frames) == len(decoded)
+    for a, b in zip(frames, decoded):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_decoded_video_follows_the_source(example_clip, encoded, tmp_path):
+    """The warp keeps the face where the source crop has it: PSNR well above noise."""
+    from encoder.pipeline import FacePipeline, face_frames
+
+    out = tmp_path / "decoded.mkv"
+    assert main(["decode", str(encoded), str(out), "--quiet"]) == 0
+    info = probe_video(example_clip)
+    crops = [f.crop() for f in face_frames(read_frames(example_clip), FacePipeline(25.0, info.width, info.height))]
+    decoded = list(read_frames(out))
+    mse = np.mean([(a.astype(float) - b) ** 2 for a, b in zip(crops, decoded)])
+    assert 10 * np.log10(255**2 / mse) > 24
+
+
+def test_info_reports_rate_breakdown(encoded, capsys):
+    assert main(["info", str(encoded)]) == 0
+    out = capsys.readouterr().out
+    assert "KEYFRAME" in out and "MOTION" in out
+    assert re.search(r"motion\s+\d+\s+[\d.]+", out)
+    assert re.search(r"total\s+\d+\s+[\d.]+", out)
+
+
+def test_mp4_output_and_options(example_clip, tmp_path):
+    agc = tmp_path / "a.agc"
+    argv = ["encode", str(example_clip), str(agc), "--quiet", "--key-codec", "webp",
+            "--key-quality", "30", "--keyframe-interval", "10", "--max-frames", "15"]
+    assert main(argv) == 0
+    with open(agc, "rb") as f:
+        kinds = [p.kind for p in AgcReader(f)]
+    assert len(kinds) == 15 and kinds.count(PacketKind.KEYFRAME) == 2
+    mp4 = tmp_path / "a.mp4"
+    assert main(["decode", str(agc), str(mp4), "--quiet"]) == 0
+    assert probe_video(mp4).frame_count == 15
+
+
+@pytest.mark.parametrize("codec", ["hevc", "av1"])
+def test_key_codecs(example_clip, tmp_path, codec):
+    agc = tmp_path / "k.agc"
+    assert main(["encode", str(example_clip), str(agc), "-q", "--key-codec", codec, "--max-frames", "5"]) == 0
+    assert main(["decode", str(agc), str(tmp_path / "k.mkv"), "-q"]) == 0
+
+
+def write_video(path: Path, frames) -> Path:
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
+    with VideoWriter(path, Fraction(25), w, h) as out:
+        for f in frames:
+            out.write(f)
+    return path
+
+
+def test_not_a_video(tmp_path, capsys):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("this is not a video\n" * 20)
+    run_fails(["encode", str(bad), str(tmp_path / "o.agc")], capsys)
+    assert not (tmp_path / "o.agc").exists()
+
+
+def test_empty_file(tmp_path, capsys):
+    bad = tmp_path / "empty.mp4"
+    bad.write_bytes(b"")
+    run_fails(["encode", str(bad), str(tmp_path / "o.agc")], capsys)
+    assert not (tmp_path / "o.agc").exists()
+
+
+def test_missing_input(tmp_path, capsys):
+    run_fails(["encode", str(tmp_path / "nope.mp4"), str(tmp_path / "o.agc")], capsys)
+    run_fails(["decode", str(tmp_path / "nope.agc"), str(tmp_path / "o.mp4")], capsys)
+
+
+def test_video_without_face(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    clip = write_video(tmp_path / "noface.mp4", (rng.integers(0, 255, (120, 160, 3), np.uint8) for _ in range(10)))
+    line = run_fails(["encode", str(clip), str(tmp_path / "o.agc")], capsys)
+    assert "no face" in line
+    assert not (tmp_path / "o.agc").exists()
+
+
+def test_face_lost_for_some_frames(example_clip, tmp_path, capsys):
+    frames = list(read_frames(example_clip, 20))
+    for i in range(8, 12):
+        frames[i] = np.full_like(frames[i], 90)  # the face disappears for 4 frames
+    clip = write_video(tmp_path / "lost.mp4", frames)
+    agc = tmp_path / "lost.agc"
+    assert main(["encode", str(clip), str(agc)]) == 0
+    assert "4 without a detected face" in capsys.readouterr().out
+    assert main(["decode", str(agc), str(tmp_path / "lost.mkv"), "-q"]) == 0
+    assert probe_video(tmp_path / "lost.mkv").frame_count == 20
+
+
+def test_several_faces_takes_the_largest(example_clip, tmp_path):
+    import cv2
+
+    from encoder.pipeline import FacePipeline, face_frames
+
+    frames = []
+    for f in read_frames(example_clip, 10):
+        small = cv2.resize(f, (f.shape[1] // 2, f.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        canvas = np.concatenate([np.zeros_like(f), f], axis=1)  # big face on the right
+        canvas[: small.shape[0], : small.shape[1]] = small  # small face on the left
+        frames.append(canvas)
+    pipeline = FacePipeline(25.0, frames[0].shape[1], frames[0].shape[0])
+    boxes = [face.box for face in face_frames(iter(frames), pipeline)]
+    assert len(boxes) == 10
+    assert all(b.x0 >= frames[0].shape[1] // 2 - b.side // 2 for b in boxes)  # the right one
+    assert len({(b.x0, b.y0, b.side) for b in boxes}) == 1  # consistently, no jitter
+
+
+def test_truncated_stream(encoded, tmp_path, capsys):
+    data = encoded.read_bytes()
+    cut = tmp_path / "cut.agc"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    line = run_fails(["decode", str(cut), str(tmp_path / "o.mkv")], capsys)
+    assert "truncated" in line
+    assert not (tmp_path / "o.mkv").exists()
+
+
+def test_wrong_magic(encoded, tmp_path, capsys):
+    bad = tmp_path / "bad.agc"
+    bad.write_bytes(b"RIFF" + encoded.read_bytes()[4:])
+    assert "magic" in run_fails(["info", str(bad)], capsys)
+    assert "magic" in run_fails(["decode", str(bad), str(tmp_path / "o.mkv")], capsys)
+
+
+def test_flipped_byte(encoded, tmp_path, capsys):
+    data = bytearray(encoded.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    bad = tmp_path / "flip.agc"
+    bad.write_bytes(bytes(data))
+    line = run_fails(["decode", str(bad), str(tmp_path / "o.mkv")], capsys)
+    assert "CRC" in line or "damaged" in line
+    assert not (tmp_path / "o.mkv").exists()
+
+
+def test_unknown_major_version(encoded, tmp_path, capsys):
+    data = bytearray(encoded.read_bytes())
+    data[4] = 9
+    bad = tmp_path / "v9.agc"
+    bad.write_bytes(bytes(data))
+    assert "version 9" in run_fails(["decode", str(bad), str(tmp_path / "o.mkv")], capsys)
+
+
+def test_unwritable_output(example_clip, encoded, tmp_path, capsys):
+    run_fails(["encode", str(example_clip), str(tmp_path / "no" / "dir" / "o.agc")], capsys)
+    run_fails(["decode", str(encoded), str(tmp_path / "missing" / "o.mp4")], capsys)
+    run_fails(["decode", str(encoded), str(tmp_path)], capsys)  # a directory
+    run_fails(["decode", str(encoded), str(tmp_path / "o.avi")], capsys)  # unsupported format
+    assert not (tmp_path / "o.avi").exists()
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    run_fails([], capsys, code=2)
+    run_fails(["encode", "a.mp4"], capsys, code=2)
+    run_fails(["encode", "a.mp4", "b.agc", "--key-quality", "500"], capsys, code=2)
+    run_fails(["encode", "a.mp4", "b.agc", "--key-codec", "jpeg"], capsys, code=2)
+
+
+def test_unknown_backend(encoded, tmp_path, capsys):
+    line = run_fails(["decode", str(encoded), str(tmp_path / "o.mkv"), "--backend", "nope"], capsys)
+    assert "unknown backend" in line
+
+
+def test_readme_quick_start_runs(tmp_path, monkeypatch):
+    """Every `gracecodec ...` line of the README's quick start, run in order."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- quickstart -->")[1].split("```")[1]
+    commands = [line.split() for line in block.splitlines() if line.startswith("gracecodec ")]
+    assert len(commands) >= 4
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    for argv in commands:
+        if argv[1] == "example":
+            argv = argv + ["--seconds", "1"]  # the README's clip, shorter
+        assert main(argv[1:] + (["-q"] if argv[1] != "info" else [])) == 0, argv
