@@ -84,7 +84,11 @@ def clip_track(clip_path, cache_dir=None, max_frames: int | None = None) -> dict
 
 def _segments(track: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Splits a track at crop re-centres (each starts a key frame)."""
-    cuts = [0] + [int(i) for i in np.flatnonzero(track["recentred"]) if i > 0] + [len(track["landmarks"])]
+    cuts = (
+        [0]
+        + [int(i) for i in np.flatnonzero(track["recentred"]) if i > 0]
+        + [len(track["landmarks"])]
+    )
     return [track["landmarks"][a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
@@ -168,13 +172,26 @@ def code_track(track: dict[str, np.ndarray], config) -> MotionResult:
         for _, data in chunks:  # decode too: the benchmark checks the stream it measures
             dec.inter(data)
         bits += sum(8 * len(d) for _, d in chunks)
-    return MotionResult("", len(track["landmarks"]), float(track["fps"]), bits, reset_bits,
-                        sealed_bits, float(np.mean(errors)), float(np.max(errors)))
+    return MotionResult(
+        "",
+        len(track["landmarks"]),
+        float(track["fps"]),
+        bits,
+        reset_bits,
+        sealed_bits,
+        float(np.mean(errors)),
+        float(np.max(errors)),
+    )
 
 
 def bench_motion(
-    data_dir, split: str = "val", max_clips: int | None = None, motion_step: float | None = None,
-    num_coeffs: int | None = None, cache=None, quiet: bool = False,
+    data_dir,
+    split: str = "val",
+    max_clips: int | None = None,
+    motion_step: float | None = None,
+    num_coeffs: int | None = None,
+    cache=None,
+    quiet: bool = False,
 ) -> str:
     """Motion rate and landmark error on a split; returns a Markdown table."""
     from .motion import MotionConfig

@@ -155,11 +155,7 @@ class Packet:
             raise ValueError(f"pts {self.pts} out of range")
         if len(self.payload) > MAX_PAYLOAD_BYTES:
             raise ValueError(f"payload of {len(self.payload)} bytes exceeds the limit")
-        body = (
-            binary.u8(self.kind)
-            + binary.varint(self.pts)
-            + binary.length_prefixed(self.payload)
-        )
+        body = binary.u8(self.kind) + binary.varint(self.pts) + binary.length_prefixed(self.payload)
         return body + binary.u32(binary.crc32(body))
 
     @classmethod

@@ -73,9 +73,17 @@ def cmd_example(args: argparse.Namespace) -> int:
 def cmd_bench_motion(args: argparse.Namespace) -> int:
     from .benchmarks import bench_motion
 
-    print(bench_motion(args.data, split=args.split, max_clips=args.max_clips,
-                       motion_step=args.motion_step, num_coeffs=args.num_coeffs,
-                       cache=args.cache, quiet=args.quiet))
+    print(
+        bench_motion(
+            args.data,
+            split=args.split,
+            max_clips=args.max_clips,
+            motion_step=args.motion_step,
+            num_coeffs=args.num_coeffs,
+            cache=args.cache,
+            quiet=args.quiet,
+        )
+    )
     return 0
 
 
@@ -83,6 +91,35 @@ def cmd_fit_shape_model(args: argparse.Namespace) -> int:
     from .benchmarks import fit_shape_model_on_data
 
     print(fit_shape_model_on_data(args.data, args.output, cache=args.cache, quiet=args.quiet))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .evaluation.runner import QUICK, EvalConfig, default_command, find_clips, run_eval
+
+    split = None if args.split == "all" else args.split
+    config = QUICK if args.quick else EvalConfig()
+    config = dataclasses.replace(
+        config,
+        max_frames=args.max_frames or config.max_frames,
+        max_clips=args.max_clips or config.max_clips,
+        face_stride=args.face_stride,
+    )
+    result = run_eval(
+        find_clips(args.clips, split),
+        args.out,
+        config=config,
+        command=default_command(args.clips, args.split, args.quick, config, args.out),
+        data=str(args.clips),
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print((Path(args.out) / "summary.md").read_text())
+    failed = sum(r["status"] != "ok" for r in result["rows"])
+    if failed and not args.quiet:
+        print(f"{failed} runs failed (see summary.md)", file=sys.stderr)
     return 0
 
 
@@ -105,25 +142,60 @@ def build_parser() -> argparse.ArgumentParser:
     e = add("encode", cmd_encode, "encode a talking-head video into an .agc stream")
     e.add_argument("input", help="video file (MP4, MOV, MKV, MPG, ... anything PyAV reads)")
     e.add_argument("output", help="output .agc file")
-    e.add_argument("--key-codec", choices=["hevc", "av1", "webp"], default="hevc",
-                   help="intra codec of key frames (default: hevc)")
-    e.add_argument("--key-quality", type=_int_range(0, 100), default=40, metavar="Q",
-                   help="key-frame quality 0..100, higher is better (default: 40)")
-    e.add_argument("--keyframe-interval", type=_int_range(0, 10**6), default=0, metavar="N",
-                   help="force a key frame every N frames; 0: only at the start and when "
-                   "the crop re-centres (default: 0)")
-    e.add_argument("--max-frames", type=_int_range(1, 10**9), default=None, metavar="N",
-                   help="encode at most N frames")
-    e.add_argument("--landmarks", choices=["dlib", "face-alignment"], default="dlib",
-                   help="landmark detector (default: dlib, works offline)")
-    e.add_argument("--motion-step", type=_float_range(0.05, 20.0), default=None, metavar="PX",
-                   help="motion quantisation step in crop px (default: the coder's)")
+    e.add_argument(
+        "--key-codec",
+        choices=["hevc", "av1", "webp"],
+        default="hevc",
+        help="intra codec of key frames (default: hevc)",
+    )
+    e.add_argument(
+        "--key-quality",
+        type=_int_range(0, 100),
+        default=40,
+        metavar="Q",
+        help="key-frame quality 0..100, higher is better (default: 40)",
+    )
+    e.add_argument(
+        "--keyframe-interval",
+        type=_int_range(0, 10**6),
+        default=0,
+        metavar="N",
+        help="force a key frame every N frames; 0: only at the start and when "
+        "the crop re-centres (default: 0)",
+    )
+    e.add_argument(
+        "--max-frames",
+        type=_int_range(1, 10**9),
+        default=None,
+        metavar="N",
+        help="encode at most N frames",
+    )
+    e.add_argument(
+        "--landmarks",
+        choices=["dlib", "face-alignment"],
+        default="dlib",
+        help="landmark detector (default: dlib, works offline)",
+    )
+    e.add_argument(
+        "--motion-step",
+        type=_float_range(0.05, 20.0),
+        default=None,
+        metavar="PX",
+        help="motion quantisation step in crop px (default: the coder's)",
+    )
 
-    d = add("decode", cmd_decode, "decode an .agc stream into a video (.mp4: H.264, .mkv: FFV1 lossless)")
+    d = add(
+        "decode",
+        cmd_decode,
+        "decode an .agc stream into a video (.mp4: H.264, .mkv: FFV1 lossless)",
+    )
     d.add_argument("input", help=".agc file")
     d.add_argument("output", help="output video: .mp4 / .mov (H.264) or .mkv (FFV1, lossless)")
-    d.add_argument("--backend", default=None,
-                   help="generator backend (default: the one the stream's model names)")
+    d.add_argument(
+        "--backend",
+        default=None,
+        help="generator backend (default: the one the stream's model names)",
+    )
 
     i = add("info", cmd_info, "print an .agc stream's header, packets and rate breakdown")
     i.add_argument("input", help=".agc file")
@@ -133,8 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seconds", type=_float_range(0.2, 60.0), default=4.0)
 
     default_data = str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    b = add("bench-motion", cmd_bench_motion,
-            "measure the motion coder (rate, landmark error) on clips of ../shared/data")
+    b = add(
+        "bench-motion",
+        cmd_bench_motion,
+        "measure the motion coder (rate, landmark error) on clips of ../shared/data",
+    )
     b.add_argument("--data", default=default_data, help="data folder with manifest.csv")
     b.add_argument("--split", default="val")
     b.add_argument("--max-clips", type=int, default=None)
@@ -142,8 +217,50 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--num-coeffs", type=int, default=None)
     b.add_argument("--cache", default="cache/tracks", help="folder for cached landmark tracks")
 
-    f = add("fit-shape-model", cmd_fit_shape_model,
-            "fit the PCA shape model on the train split (developer command)")
+    v = add(
+        "eval",
+        cmd_eval,
+        "rate, quality and speed of gracecodec against x264/x265 on a set of clips",
+    )
+    v.add_argument(
+        "clips",
+        help="folder of videos, or a manifest CSV (file,split,...) such as "
+        "../shared/data/manifest.csv; a folder holding manifest.csv uses it",
+    )
+    v.add_argument("--out", default="out/eval", help="output folder (default: out/eval)")
+    v.add_argument("--split", default="val", help="manifest split to use, or 'all' (default: val)")
+    v.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 clips, 30 frames, 3 QPs, 2 operating points (for CI)",
+    )
+    v.add_argument(
+        "--max-frames",
+        type=_int_range(1, 10**9),
+        default=None,
+        metavar="N",
+        help="use at most N frames of each clip",
+    )
+    v.add_argument(
+        "--max-clips",
+        type=_int_range(1, 10**6),
+        default=None,
+        metavar="N",
+        help="use at most N clips",
+    )
+    v.add_argument(
+        "--face-stride",
+        type=_int_range(1, 1000),
+        default=1,
+        metavar="N",
+        help="AKD/AED on every N-th frame only (the face descriptor is slow)",
+    )
+
+    f = add(
+        "fit-shape-model",
+        cmd_fit_shape_model,
+        "fit the PCA shape model on the train split (developer command)",
+    )
     f.add_argument("--data", default=default_data)
     f.add_argument("--output", default=str(Path(__file__).parent / "assets" / "shape_model.npz"))
     f.add_argument("--cache", default="cache/tracks")

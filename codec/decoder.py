@@ -1,9 +1,9 @@
 """The Decoder: .agc packets in, RGB frames out.
 
-    dec = Decoder(reader.header)          # backend from the header's model, or by name
-    for packet in reader:
-        for frame in dec.decode(packet):   # uint8 (H, W, 3) RGB
-            ...
+dec = Decoder(reader.header)          # backend from the header's model, or by name
+for packet in reader:
+    for frame in dec.decode(packet):   # uint8 (H, W, 3) RGB
+        ...
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ class Decoder:
     def __init__(self, header: Header, backend: str | None = None):
         self.header = header
         shape_model = default_shape_model()
-        self.motion = MotionDecoder(MotionConfig.from_bytes(header.motion_params, shape_model), shape_model)
+        self.motion = MotionDecoder(
+            MotionConfig.from_bytes(header.motion_params, shape_model), shape_model
+        )
         self.backend = backend or default_backend(header)
         self.generator = make_generator(self.backend, header.model_id, header.model_digest)
         self.next_pts = 0

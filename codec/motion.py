@@ -85,8 +85,12 @@ class ShapeModel:
     def save(self, path) -> None:
         extra = {} if self.prior_counts is None else {"prior_counts": self.prior_counts}
         np.savez(
-            path, mean=self.mean, basis=self.basis, stddev=self.stddev,
-            scale0=np.float64(self.scale0), **extra,
+            path,
+            mean=self.mean,
+            basis=self.basis,
+            stddev=self.stddev,
+            scale0=np.float64(self.scale0),
+            **extra,
         )
 
     @classmethod
@@ -152,8 +156,11 @@ def params_to_landmarks(
     if detail is not None:
         shape = shape + detail
     shape = shape.reshape(68, 2)
-    pts = np.exp(log_s) * shape @ _rotation(theta).T + np.array([cx, cy])
-    return pts.astype(np.float32)
+    # Damaged streams can decode to absurd values: let them become inf/nan quietly, the
+    # decoder rejects non-finite landmarks with a clear error.
+    with np.errstate(over="ignore", invalid="ignore"):
+        pts = np.exp(log_s) * shape @ _rotation(theta).T + np.array([cx, cy])
+        return pts.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,8 +177,8 @@ class MotionConfig:
         scale; pose steps are derived from it (see `steps`).
     """
 
-    num_coeffs: int = 20
-    step_px: float = 2.0
+    num_coeffs: int = 50
+    step_px: float = 1.0
 
     def steps(self, model: ShapeModel) -> np.ndarray:
         """float64 (4 + k,) quantisation step of each parameter.
@@ -490,5 +497,7 @@ def fit_shape_model(
             symbols, _ = _residual_symbols(enc.state.previous - before)
             hist[np.arange(len(symbols)), symbols] += 1
         enc.seal()
-    prior = np.maximum(1, np.round(hist * (1024 / hist.sum(axis=1, keepdims=True)))).astype(np.int64)
+    prior = np.maximum(1, np.round(hist * (1024 / hist.sum(axis=1, keepdims=True)))).astype(
+        np.int64
+    )
     return dataclasses.replace(model, prior_counts=prior)

@@ -82,7 +82,8 @@ class StableCrop:
             if not (moved or resized):
                 return box, False
         self.box = self._place(cx, cy, side)
-        return self.box, box is not None
+        # A box pinned by the frame edges may land where it was: that is no re-centre.
+        return self.box, box is not None and self.box != box
 
     def _place(self, cx: float, cy: float, side: float) -> CropBox:
         s = max(16, int(round(side)))

@@ -58,7 +58,9 @@ class FacePipeline:
     released with the first face's pose; a video with no face raises `InputError`.
     """
 
-    def __init__(self, fps: float, width: int, height: int, config: PipelineConfig = PipelineConfig()):
+    def __init__(
+        self, fps: float, width: int, height: int, config: PipelineConfig = PipelineConfig()
+    ):
         self.config = config
         self.tracker = FaceTracker(make_detector(config.detector))
         self.smoother = OneEuroFilter(fps, config.smooth_min_cutoff, config.smooth_beta)

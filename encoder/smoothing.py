@@ -21,7 +21,9 @@ class OneEuroFilter:
     min_cutoff: Hz at rest; beta: cutoff gain per (face size / s) of speed.
     """
 
-    def __init__(self, fps: float, min_cutoff: float = 2.0, beta: float = 1.0, d_cutoff: float = 1.0):
+    def __init__(
+        self, fps: float, min_cutoff: float = 2.0, beta: float = 1.0, d_cutoff: float = 1.0
+    ):
         self.dt = 1.0 / fps
         self.min_cutoff = min_cutoff
         self.beta = beta

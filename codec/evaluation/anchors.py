@@ -3,7 +3,7 @@
 Coding set-up (both): low delay, one IDR frame then P-frames only: no B-frames
 (``bframes=0``), no periodic or scene-cut I-frames (x264 ``keyint=infinite``, x265
 ``keyint=-1``; ``scenecut=0``), no lookahead (``rc-lookahead=0``, x265 ``tune=zerolatency``),
-constant QP (``qp=N``, x264's default ip-ratio gives the IDR a QP about 3 lower), preset
+constant QP (``qp=N``; both encoders' default ip-ratio of 1.4 codes the IDR at about N-3), preset
 ``medium``, one thread (deterministic, and the same footing as the single-threaded
 gracecodec). Colour: RGB -> YUV 4:2:0 BT.601 limited range and back with the same
 bit-exact swscale settings as gracecodec's key frames (`codec.keyframe`).
@@ -74,7 +74,9 @@ class AnchorResult:
 
 def _options(codec: str, qp: int, preset: str) -> dict[str, str]:
     if codec == "x264":
-        params = "qp={}:bframes=0:keyint=infinite:scenecut=0:rc-lookahead=0:sync-lookahead=0:threads=1"
+        params = (
+            "qp={}:bframes=0:keyint=infinite:scenecut=0:rc-lookahead=0:sync-lookahead=0:threads=1"
+        )
         return {"preset": preset, "x264-params": params.format(qp)}
     params = [
         f"qp={qp}",
@@ -161,7 +163,11 @@ def _open(name: str, mode: str) -> av.CodecContext:
 
 
 def encode_anchor(
-    crops: Sequence[np.ndarray], codec: str, qp: int, fps: Fraction = Fraction(25), preset: str = "medium"
+    crops: Sequence[np.ndarray],
+    codec: str,
+    qp: int,
+    fps: Fraction = Fraction(25),
+    preset: str = "medium",
 ) -> AnchorResult:
     """Codes `crops` (uint8 (H, W, 3) RGB, even sides) with an anchor and decodes them back.
 

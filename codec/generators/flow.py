@@ -1,0 +1,134 @@
+"""Landmark-driven dense motion (outside the network: ARM side on the board).
+
+A fixed triangulation over [68 landmarks, a ring around the face that follows the head's
+similarity motion, fixed points on the crop border] gives a piecewise-affine backward
+map: for every output pixel, where to fetch it in the reference frame. The `warp`
+backend applies it directly; the learned generator starts from it and refines it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import cv2
+import numpy as np
+from scipy.spatial import Delaunay
+
+RING_POINTS = 16
+RING_RADIUS = 1.9  # in RMS face radii: beyond the jaw, around hair and neck
+BORDER_STEPS = 4  # points per crop side
+
+
+def similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (2x3 matrix) mapping src (N, 2) onto dst (N, 2)."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = src - ms, dst - md
+    a = (s * d).sum() / (s**2).sum()
+    b = (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum() / (s**2).sum()
+    rot = np.array([[a, -b], [b, a]])
+    return np.hstack([rot, (md - rot @ ms)[:, None]])
+
+
+def _ring(landmarks: np.ndarray) -> np.ndarray:
+    c = landmarks.mean(0)
+    r = np.sqrt(((landmarks - c) ** 2).sum(1).mean()) * RING_RADIUS
+    ang = np.linspace(0, 2 * np.pi, RING_POINTS, endpoint=False)
+    return c + r * np.stack([np.cos(ang), np.sin(ang)], 1)
+
+
+def _border(width: int, height: int) -> np.ndarray:
+    xs = np.linspace(0, width - 1, BORDER_STEPS + 1)
+    ys = np.linspace(0, height - 1, BORDER_STEPS + 1)
+    top = [(x, 0) for x in xs] + [(x, height - 1) for x in xs]
+    sides = [(0, y) for y in ys[1:-1]] + [(width - 1, y) for y in ys[1:-1]]
+    return np.array(top + sides, dtype=np.float64)
+
+
+@functools.cache
+def _triangles(width: int, height: int) -> np.ndarray:
+    """int (T, 3) fixed triangulation over [landmarks, ring, border], made on a mean face."""
+    from ..motion import default_shape_model
+
+    model = default_shape_model()
+    scale = model.scale0 * min(width, height) / 256
+    face = model.mean.reshape(68, 2) * scale + np.array([width / 2, height / 2])
+    pts = np.vstack([face, _ring(face), _border(width, height)])
+    return Delaunay(pts).simplices.astype(np.int64)
+
+
+def _triangle_affines(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """(T, 3, 2) dst and src triangles -> (T, 2, 3) affine maps dst -> src."""
+    ones = np.ones((*dst.shape[:2], 1))
+    a = np.concatenate([dst, ones], axis=2)  # (T, 3, 3)
+    # Degenerate (collapsed) triangles get a tiny regulariser instead of a singular solve.
+    a = a + np.eye(3)[None] * 1e-9 * (np.abs(np.linalg.det(a)) < 1e-9)[:, None, None]
+    m = np.linalg.solve(a, src)  # (T, 3, 2): [x y 1] @ m = src
+    return np.transpose(m, (0, 2, 1))
+
+
+def backward_map(
+    ref_landmarks: np.ndarray, target_landmarks: np.ndarray, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Piecewise-affine backward map of a (width x height) frame.
+
+    ref_landmarks, target_landmarks: float (68, 2) in that frame's pixels.
+    Returns map_x, map_y: float32 (height, width), the reference-frame position of
+    every target pixel (for cv2.remap or a grid sample).
+    """
+    ref = np.asarray(ref_landmarks, np.float64)
+    target = np.asarray(target_landmarks, np.float64)
+    ref_ring, border = _ring(ref), _border(width, height)
+    pose = similarity_fit(ref, target)
+    ring = ref_ring @ pose[:, :2].T + pose[:, 2]
+    src = np.vstack([ref, ref_ring, border])
+    dst = np.vstack([target, ring, border])
+    tri = _triangles(width, height)
+    affines = _triangle_affines(dst[tri], src[tri])
+    ids = np.full((height, width), -1, np.int32)
+    for i, corners in enumerate(dst[tri]):
+        cv2.fillConvexPoly(ids, np.round(corners * 16).astype(np.int32), i, cv2.LINE_8, 4)
+    covered = ids >= 0
+    a = affines[np.where(covered, ids, 0)]  # (H, W, 2, 3)
+    xs, ys = _grid(width, height)
+    map_x = np.where(covered, a[..., 0, 0] * xs + a[..., 0, 1] * ys + a[..., 0, 2], xs)
+    map_y = np.where(covered, a[..., 1, 0] * xs + a[..., 1, 1] * ys + a[..., 1, 2], ys)
+    return map_x.astype(np.float32), map_y.astype(np.float32)
+
+
+@functools.cache
+def _grid(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:height, 0:width]
+    return xs.astype(np.float64), ys.astype(np.float64)
+
+
+# The iBUG-68 points grouped by face part: one heatmap channel each.
+LANDMARK_GROUPS = (
+    range(0, 17),  # jaw
+    range(17, 22),  # right brow
+    range(22, 27),  # left brow
+    range(27, 36),  # nose
+    range(36, 42),  # right eye
+    range(42, 48),  # left eye
+    range(48, 60),  # outer lips
+    range(60, 68),  # inner lips
+)
+
+
+def landmark_heatmaps(
+    landmarks: np.ndarray, frame_size: int, size: int = 64, sigma: float = 1.5
+) -> np.ndarray:
+    """Gaussian heatmaps of the landmark groups at `size` x `size`.
+
+    landmarks: float (68, 2) in pixels of a frame_size x frame_size frame.
+    Returns float32 (len(LANDMARK_GROUPS), size, size) in [0, 1]; sigma in heatmap px.
+    """
+    pts = (np.asarray(landmarks, np.float64) + 0.5) * (size / frame_size) - 0.5
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    out = np.empty((len(LANDMARK_GROUPS), size, size), np.float32)
+    for g, idx in enumerate(LANDMARK_GROUPS):
+        p = pts[list(idx)]
+        d2 = (xs[None] - p[:, 0, None, None]) ** 2 + (ys[None] - p[:, 1, None, None]) ** 2
+        out[g] = np.exp(-d2.min(axis=0) / (2 * sigma**2))
+    return out

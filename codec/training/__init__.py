@@ -1,0 +1,1 @@
+"""Training of the learned generator (imports torch; not imported by `codec`)."""

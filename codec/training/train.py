@@ -1,0 +1,244 @@
+"""Trains grace-s on the prepared cache (see codec.training.prepare), on the CPU, resumably.
+
+    python -m codec.training.train --data cache/train_data --run runs/grace-s --hours 2
+
+Pairs (source, driving) come from the same clip and crop segment; the source plays the
+key frame (JPEG-compressed at a random quality, as a key frame codec would), both carry
+the landmarks the receiver decodes. Loss: L1 + (1 - MS-SSIM), no pretrained network.
+Every `--eval-every` steps: a checkpoint (model, optimiser, step, RNG), validation PSNR
+of the model and of the plain warp on fixed val pairs, and a PNG of samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..generators.flow import backward_map, landmark_heatmaps
+from ..models import weights_digest
+from ..models.grace_s import GraceS, GraceSConfig
+
+
+class PairDataset:
+    """Random (source, driving) pairs from the prepared cache of one split."""
+
+    def __init__(self, root: Path, seed: int = 0):
+        self.root = Path(root)
+        self.clips = json.loads((self.root / "index.json").read_text())
+        self.crops = [
+            np.load(self.root / c["clip"] / "crops.npy", mmap_mode="r") for c in self.clips
+        ]
+        self.landmarks = [np.load(self.root / c["clip"] / "decoded.npy") for c in self.clips]
+        self.segments = [np.load(self.root / c["clip"] / "segment.npy") for c in self.clips]
+        frames = np.array([len(s) for s in self.segments], np.float64)
+        self.weights = frames / frames.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def pair(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        c = int(rng.choice(len(self.clips), p=self.weights))
+        seg = self.segments[c]
+        i = int(rng.integers(len(seg)))
+        same = np.flatnonzero(seg == seg[i])
+        return c, i, int(rng.choice(same))
+
+    def sample(
+        self, c: int, i: int, j: int, rng: np.random.Generator | None, size: int
+    ) -> dict[str, np.ndarray]:
+        src = np.array(self.crops[c][i])
+        dst = np.array(self.crops[c][j])
+        src_lm, dst_lm = self.landmarks[c][i], self.landmarks[c][j]
+        if rng is not None:  # augmentation: the same photometric change on both frames
+            gain, bias = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
+            src = np.clip(src * gain + bias, 0, 255).astype(np.uint8)
+            dst = np.clip(dst * gain + bias, 0, 255).astype(np.uint8)
+            if rng.random() < 0.8:  # the key frame arrives through a lossy intra codec
+                q = int(rng.integers(30, 95))
+                ok, buf = cv2.imencode(".jpg", src[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
+                src = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+        return make_inputs(src, src_lm, dst_lm, size) | {"target": to_chw(dst)}
+
+
+def to_chw(img: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+def make_inputs(
+    ref: np.ndarray, ref_lm: np.ndarray, target_lm: np.ndarray, size: int
+) -> dict[str, np.ndarray]:
+    """Network inputs for one frame (the ARM-side part of rendering), as float32 arrays."""
+    map_x, map_y = backward_map(ref_lm, target_lm, size, size)
+    grid = np.stack([(2 * map_x + 1) / size - 1, (2 * map_y + 1) / size - 1]).astype(np.float32)
+    return {
+        "ref": to_chw(ref),
+        "grid": grid,
+        "target_heat": landmark_heatmaps(target_lm, size, size // 4),
+        "ref_heat": landmark_heatmaps(ref_lm, size, size // 4),
+    }
+
+
+def batch(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
+
+
+def loss_fn(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    from pytorch_msssim import ms_ssim
+
+    out = out.clamp(0, 1)
+    l1 = (out - target).abs().mean()
+    msssim = ms_ssim(out, target, data_range=1.0, size_average=True)
+    loss = l1 + 0.5 * (1 - msssim)
+    return loss, {"l1": float(l1), "ms_ssim": float(msssim)}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a.clamp(0, 1) - b) ** 2).mean().item()
+    return 10 * np.log10(1 / max(mse, 1e-10))
+
+
+def save_samples(path: Path, rows: list[list[torch.Tensor]]) -> None:
+    """A PNG grid: one row per example (source | driving | warp | model)."""
+    tiles = [
+        np.concatenate(
+            [(t.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8) for t in r], 1
+        )
+        for r in rows
+    ]
+    cv2.imwrite(str(path), np.concatenate(tiles, 0)[..., ::-1])
+
+
+def evaluate(model: GraceS, val: PairDataset, pairs: list, size: int) -> dict[str, float]:
+    model.eval()
+    scores = {"psnr_model": [], "psnr_warp": [], "ms_ssim_model": [], "ms_ssim_warp": []}
+    rows = []
+    from pytorch_msssim import ms_ssim
+
+    with torch.no_grad():
+        for k in range(0, len(pairs), 8):
+            b = batch([val.sample(*p, None, size) for p in pairs[k : k + 8]])
+            feats = model.encode_reference(b["ref"])
+            out = model.render(b["ref"], feats, b["grid"], b["target_heat"], b["ref_heat"]).clamp(
+                0, 1
+            )
+            warped = torch.nn.functional.grid_sample(
+                b["ref"], b["grid"].permute(0, 2, 3, 1), align_corners=False
+            )
+            for n in range(len(out)):
+                scores["psnr_model"].append(psnr(out[n], b["target"][n]))
+                scores["psnr_warp"].append(psnr(warped[n], b["target"][n]))
+            scores["ms_ssim_model"].append(float(ms_ssim(out, b["target"], data_range=1.0)))
+            scores["ms_ssim_warp"].append(float(ms_ssim(warped, b["target"], data_range=1.0)))
+            if k == 0:
+                rows = [
+                    [b["ref"][n], b["target"][n], warped[n], out[n]]
+                    for n in range(min(4, len(out)))
+                ]
+    model.train()
+    return {k: float(np.mean(v)) for k, v in scores.items()}, rows
+
+
+def export(model: GraceS, path: Path, extra: dict | None = None) -> bytes:
+    """Writes the shippable checkpoint: arch, config, weights, digest."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    digest = weights_digest(state)
+    torch.save(
+        {
+            "arch": model.arch,
+            "config": dataclasses.asdict(model.config),
+            "state_dict": state,
+            "digest": digest.hex(),
+            **(extra or {}),
+        },
+        path,
+    )
+    return digest
+
+
+def train(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    data = PairDataset(Path(args.data) / "train")
+    val = PairDataset(Path(args.data) / "val")
+    vrng = np.random.default_rng(1234)
+    val_pairs = [val.pair(vrng) for _ in range(args.val_pairs)]
+    model = GraceS(GraceSConfig(size=args.size))
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    step = 0
+    rng = np.random.default_rng(args.seed)
+    ckpt = run / "checkpoint.pt"
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        rng.bit_generator.state = state["rng"]
+        print(f"resumed at step {step}")
+    log = open(run / "log.jsonl", "a")
+    deadline = time.time() + args.hours * 3600
+    t0, seen = time.time(), 0
+    while time.time() < deadline and step < args.steps:
+        b = batch([data.sample(*data.pair(rng), rng, args.size) for _ in range(args.batch)])
+        feats = model.encode_reference(b["ref"])
+        out = model.render(b["ref"], feats, b["grid"], b["target_heat"], b["ref_heat"])
+        loss, parts = loss_fn(out, b["target"])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        seen += 1
+        if step % 25 == 0:
+            rec = {
+                "step": step,
+                "loss": float(loss),
+                **parts,
+                "s_per_step": (time.time() - t0) / seen,
+            }
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            print(json.dumps(rec), flush=True)
+        if step % args.eval_every == 0:
+            scores, rows = evaluate(model, val, val_pairs, args.size)
+            log.write(json.dumps({"step": step, "val": scores}) + "\n")
+            log.flush()
+            print("val", json.dumps(scores), flush=True)
+            save_samples(run / f"samples_{step:06d}.png", rows)
+            tmp = run / "checkpoint.tmp"
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "step": step,
+                    "rng": rng.bit_generator.state,
+                },
+                tmp,
+            )
+            tmp.replace(ckpt)
+            export(model, run / "grace-s.pt", {"step": step, "val": scores})
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="cache/train_data")
+    p.add_argument("--run", default="runs/grace-s")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--hours", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=10**9)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--val-pairs", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    train(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""`gracecodec eval`: BD-rate, clip discovery, failures reported, and a quick run on real clips."""
+
+import csv
+import dataclasses
+import json
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from codec.cli import main
+from codec.errors import InputError
+from codec.evaluation.runner import QUICK, bd_rate, find_clips, run_eval
+from codec.video import VideoWriter
+
+
+def test_bd_rate_of_a_curve_at_half_the_rate_is_minus_50_percent():
+    rate = [10.0, 20.0, 40.0, 80.0]
+    quality = [30.0, 32.0, 34.5, 36.0]
+    assert bd_rate(rate, quality, [r / 2 for r in rate], quality) == pytest.approx(-50.0)
+    assert bd_rate(rate, quality, rate, quality) == pytest.approx(0.0, abs=1e-9)
+    # Lower is better (AKD): the same curve shape on a negated axis gives the same answer.
+    neg = [-q for q in quality]
+    assert bd_rate(rate, neg, [r * 2 for r in rate], neg, higher_is_better=False) == pytest.approx(
+        100.0
+    )
+
+
+def test_bd_rate_only_over_the_shared_quality_interval():
+    anchor = ([10.0, 20.0, 40.0], [30.0, 33.0, 36.0])
+    # The last curve shares only 34..36 with the anchor: BD-rate is taken there.
+    assert bd_rate(*anchor, [100.0, 1000.0], [37.0, 40.0]) is None  # no overlap
+    assert bd_rate(*anchor, [100.0], [34.0]) is None  # one point is no curve
+    assert math.isfinite(bd_rate(*anchor, [100.0, 200.0], [34.0, 38.0]))
+
+
+def test_find_clips_from_a_manifest_and_a_folder(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "b.mkv").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in find_clips(tmp_path)] == ["a.mp4", "b.mkv"]
+    (tmp_path / "manifest.csv").write_text("file,split\na.mp4,train\nb.mkv,val\n")
+    assert [p.name for p in find_clips(tmp_path, "val")] == ["b.mkv"]
+    assert [p.name for p in find_clips(tmp_path / "manifest.csv", "all")] == ["a.mp4", "b.mkv"]
+    with pytest.raises(InputError, match="no clips"):
+        find_clips(tmp_path, "test")
+    with pytest.raises(InputError):
+        find_clips(tmp_path / "missing")
+
+
+def test_a_clip_without_a_face_is_reported_not_dropped(tmp_path):
+    noise = tmp_path / "noface.mkv"
+    rng = np.random.default_rng(0)
+    with VideoWriter(noise, Fraction(25), 96, 96) as w:
+        for _ in range(4):
+            w.write(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    result = run_eval([noise], tmp_path / "out", config=QUICK, progress=False)
+    assert result["rows"] and all(r["status"] == "error" for r in result["rows"])
+    assert "no face" in result["rows"][0]["error"]
+    assert {r["codec"] for r in result["rows"]} == {"gracecodec/warp", "x264", "x265"}
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "noface" in summary.split("## Failures")[1]
+
+
+@pytest.mark.slow
+def test_quick_eval_on_two_real_clips(data_dir, tmp_path):
+    out = tmp_path / "eval"
+    argv = ["eval", str(data_dir / "manifest.csv"), "--out", str(out), "--quick"]
+    argv += ["--max-frames", "10", "--quiet"]
+    assert main(argv) == 0
+    for name in ["results.csv", "results.json", "summary.md", "strip.png"]:
+        assert (out / name).is_file(), name
+    for metric in ["psnr", "ssim", "ms_ssim", "akd", "aed"]:
+        assert (out / f"rd_{metric}.png").stat().st_size > 1000
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    clips = {r["clip"] for r in rows}
+    assert len(clips) == 2
+    plan = dataclasses.asdict(QUICK)
+    per_clip = len(plan["key_qualities"]) * len(plan["keyframe_intervals"]) + 2 * len(plan["qps"])
+    assert len(rows) == 2 * per_clip  # one row per clip x codec x operating point
+    for clip in clips:
+        codecs = {r["codec"] for r in rows if r["clip"] == clip}
+        assert codecs == {"gracecodec/warp", "x264", "x265"}
+    assert all(r["status"] == "ok" and r["frames"] == "10" for r in rows), rows
+    for r in rows:
+        assert float(r["kbps"]) > 0 and 15 < float(r["psnr"]) < 60
+        if r["codec"] == "x264":
+            assert int(r["sei_bytes_removed"]) > 0
+        if r["codec"].startswith("gracecodec"):
+            assert float(r["payload_kbps"]) < float(r["kbps"])  # framing counted in the total
+    result = json.loads((out / "results.json").read_text())
+    assert result["command"].startswith("gracecodec eval ") and "--quick" in result["command"]
+    summary = (out / "summary.md").read_text()
+    assert result["command"] in summary and "BD-rate" in summary
