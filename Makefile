@@ -14,7 +14,8 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q "torch==2.13.0"  # the CPU build first (never an unpinned torch)
+	$(BIN)/pip install -q -e ".[dev,learned]"
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install gracecodec with its test tools

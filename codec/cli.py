@@ -87,6 +87,21 @@ def cmd_bench_motion(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmarks import bench_codec
+
+    print(
+        bench_codec(
+            args.data,
+            split=args.split,
+            max_clips=args.max_clips,
+            backend=args.backend,
+            quiet=args.quiet,
+        )
+    )
+    return 0
+
+
 def cmd_fit_shape_model(args: argparse.Namespace) -> int:
     from .benchmarks import fit_shape_model_on_data
 
@@ -255,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="AKD/AED on every N-th frame only (the face descriptor is slow)",
     )
+
+    bc = add("bench", cmd_bench, "encode and decode clips of ../shared/data: rate and speed table")
+    bc.add_argument("--data", default=default_data, help="data folder with manifest.csv")
+    bc.add_argument("--split", default="val")
+    bc.add_argument("--max-clips", type=int, default=None)
+    bc.add_argument("--backend", default=None)
 
     f = add(
         "fit-shape-model",

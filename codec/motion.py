@@ -76,6 +76,8 @@ class ShapeModel:
         for a in (self.mean, self.basis, self.stddev):
             h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
         h.update(struct.pack("<d", self.scale0))
+        if self.prior_counts is not None:  # the priors shape the coded bits too
+            h.update(np.ascontiguousarray(self.prior_counts, dtype="<i8").tobytes())
         return h.digest()[:8]
 
     @property
@@ -177,7 +179,7 @@ class MotionConfig:
         scale; pose steps are derived from it (see `steps`).
     """
 
-    num_coeffs: int = 50
+    num_coeffs: int = 60
     step_px: float = 1.0
 
     def steps(self, model: ShapeModel) -> np.ndarray:

@@ -34,11 +34,13 @@ class Generator(Protocol):
 # name -> "module:factory"; later backends (torch, int8, csim, pynq, pynq-sim) add lines here.
 _BACKENDS: dict[str, str] = {
     "warp": "codec.generators.warp:WarpGenerator",
+    "torch": "codec.generators.torch_backend:TorchGenerator",
 }
 
 # The model id a stream's header names -> the backend that decodes it by default.
 MODEL_BACKENDS: dict[str, str] = {
     "warp": "warp",
+    "grace-s": "torch",
 }
 
 

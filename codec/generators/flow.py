@@ -132,3 +132,22 @@ def landmark_heatmaps(
         d2 = (xs[None] - p[:, 0, None, None]) ** 2 + (ys[None] - p[:, 1, None, None]) ** 2
         out[g] = np.exp(-d2.min(axis=0) / (2 * sigma**2))
     return out
+
+
+def normalised_grid(map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    """Pixel backward maps (H, W) -> float32 (2, H, W) grid in [-1, 1] (pixel centres,
+    the align_corners=False convention of a bilinear grid sample)."""
+    h, w = map_x.shape
+    return np.stack([(2 * map_x + 1) / w - 1, (2 * map_y + 1) / h - 1]).astype(np.float32)
+
+
+def network_inputs(
+    ref_landmarks: np.ndarray, target_landmarks: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the learned generator gets per frame from outside the network.
+
+    Returns grid float32 (2, size, size) (the landmark backward map) and the target
+    heatmaps float32 (G, size/4, size/4).
+    """
+    grid = normalised_grid(*backward_map(ref_landmarks, target_landmarks, size, size))
+    return grid, landmark_heatmaps(target_landmarks, size, size // 4)

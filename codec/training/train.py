@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..generators.flow import backward_map, landmark_heatmaps
+from ..generators.flow import landmark_heatmaps, network_inputs
 from ..models import weights_digest
 from ..models.grace_s import GraceS, GraceSConfig
 
@@ -73,12 +73,11 @@ def make_inputs(
     ref: np.ndarray, ref_lm: np.ndarray, target_lm: np.ndarray, size: int
 ) -> dict[str, np.ndarray]:
     """Network inputs for one frame (the ARM-side part of rendering), as float32 arrays."""
-    map_x, map_y = backward_map(ref_lm, target_lm, size, size)
-    grid = np.stack([(2 * map_x + 1) / size - 1, (2 * map_y + 1) / size - 1]).astype(np.float32)
+    grid, target_heat = network_inputs(ref_lm, target_lm, size)
     return {
         "ref": to_chw(ref),
         "grid": grid,
-        "target_heat": landmark_heatmaps(target_lm, size, size // 4),
+        "target_heat": target_heat,
         "ref_heat": landmark_heatmaps(ref_lm, size, size // 4),
     }
 
