@@ -121,6 +121,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_frames=args.max_frames or config.max_frames,
         max_clips=args.max_clips or config.max_clips,
         face_stride=args.face_stride,
+        qps=tuple(args.qps) if args.qps else config.qps,
+        key_qualities=tuple(args.key_qualities) if args.key_qualities else config.key_qualities,
     )
     result = run_eval(
         find_clips(args.clips, split),
@@ -269,6 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="AKD/AED on every N-th frame only (the face descriptor is slow)",
+    )
+    v.add_argument(
+        "--qps",
+        type=_int_range(0, 51),
+        nargs="+",
+        metavar="QP",
+        help="anchor QPs (default: 37 39 ... 51)",
+    )
+    v.add_argument(
+        "--key-qualities",
+        type=_int_range(0, 100),
+        nargs="+",
+        metavar="Q",
+        help="gracecodec key-frame qualities (default: 20 40 60)",
     )
 
     bc = add("bench", cmd_bench, "encode and decode clips of ../shared/data: rate and speed table")

@@ -412,6 +412,10 @@ def default_command(
         argv += ["--max-clips", str(config.max_clips)]
     if config.face_stride != 1:
         argv += ["--face-stride", str(config.face_stride)]
+    if config.qps != base.qps:
+        argv += ["--qps", *map(str, config.qps)]
+    if config.key_qualities != base.key_qualities:
+        argv += ["--key-qualities", *map(str, config.key_qualities)]
     return shlex.join(argv)
 
 
