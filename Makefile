@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: help setup demo test test-fast lint bench-motion clean
+.PHONY: help setup demo test test-fast lint bench-motion csim clean proto
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,7 +27,7 @@ demo: setup  ## make the example clip, encode it, show the stream, decode it
 	$(BIN)/gracecodec info $(OUT)/example.agc
 	$(BIN)/gracecodec decode $(OUT)/example.agc $(OUT)/example_decoded.mp4
 
-test: setup  ## run the whole test suite
+test: setup csim  ## run the whole test suite (pytest and the C-simulation testbenches)
 	$(BIN)/python -m pytest -q
 
 test-fast: setup  ## the tests without the slow ones
@@ -39,6 +39,13 @@ lint: setup  ## ruff lint and format check
 
 bench-motion: setup  ## motion rate and landmark error on the val clips of ../shared/data
 	$(BIN)/gracecodec bench-motion --split val
+
+proto: setup  ## regenerate the gRPC stubs in transport/ from transport/gracecall.proto
+	$(BIN)/pip install -q grpcio-tools==1.85.1  # the floors in pyproject follow this version
+	PYTHON=$(BIN)/python sh transport/regenerate.sh
+
+csim:  ## build and run the HLS engine testbenches with g++ (C simulation; no Vitis needed)
+	$(MAKE) -C hw csim
 
 clean:  ## remove build products and caches (keeps .venv)
 	rm -rf $(OUT) build *.egg-info .pytest_cache .ruff_cache

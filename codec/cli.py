@@ -102,6 +102,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from .training.prepare import prepare_dataset
+
+    for split in args.splits:
+        print(prepare_dataset(args.data, Path(args.out) / split, split, quiet=args.quiet))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.train import main as train_main
+
+    train_main(args.train_args)
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from .models.grace_s import GraceS, count_macs
+
+    model = GraceS()
+    macs = count_macs(model)
+    reference = macs.pop("reference")
+    params = {n: sum(p.numel() for p in m.parameters()) for n, m in model.named_children()}
+    print("grace-s per 256x256 frame (MAC = multiply-accumulate):")
+    for name, n in macs.items():
+        print(f"  {name:<18} {n / 1e6:9.1f} MMAC")
+    print(f"  {'total':<18} {sum(macs.values()) / 1e9:9.3f} GMAC   (budget 2, hard cap 4)")
+    print(f"reference encoder, once per key frame: {reference / 1e6:.1f} MMAC")
+    print(f"parameters: {sum(params.values()):,} (budget 4 M)")
+    for name, n in params.items():
+        if n:
+            print(f"  {name:<14} {n:9,d}")
+    return 0
+
+
 def cmd_fit_shape_model(args: argparse.Namespace) -> int:
     from .benchmarks import fit_shape_model_on_data
 
@@ -137,6 +171,65 @@ def cmd_eval(args: argparse.Namespace) -> int:
     failed = sum(r["status"] != "ok" for r in result["rows"])
     if failed and not args.quiet:
         print(f"{failed} runs failed (see summary.md)", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import signal
+    import threading
+
+    from transport.receiver import Receiver, ReceiverConfig
+
+    if not args.quiet:
+        logging.basicConfig(level=logging.INFO, format="gracecodec: %(message)s")
+    config = ReceiverConfig(
+        host=args.host,
+        port=args.port,
+        token=args.token or os.environ.get("GRACECODEC_TOKEN") or None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        record=args.record,
+        display=args.display,
+        backend=args.backend,
+    )
+    receiver = Receiver(config)
+    receiver.start()
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM ends the receiver like Ctrl-C: the active call's recording is finalised.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        receiver.wait(max_calls=1 if args.once else None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        receiver.stop()
+    if not args.quiet:
+        for i, stats in enumerate(receiver.calls, 1):
+            print(f"call {i}: {stats.summary('receiver')}")
+    return 0
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from transport.sender import call
+
+    if not args.quiet:
+        logging.basicConfig(level=logging.INFO, format="gracecodec: %(message)s")
+    stats = call(
+        args.target,
+        input=args.input,
+        camera=args.camera,
+        loop=args.loop,
+        token=args.token or os.environ.get("GRACECODEC_TOKEN") or None,
+        tls_ca=args.tls_ca,
+        max_seconds=args.max_seconds,
+    )
+    if not args.quiet:
+        print(stats.summary("sender"))
     return 0
 
 
@@ -293,6 +386,24 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--max-clips", type=int, default=None)
     bc.add_argument("--backend", default=None)
 
+    pd = add(
+        "prepare-data",
+        cmd_prepare_data,
+        "cache crops and landmarks of ../shared/data for training (encoder's own pipeline)",
+    )
+    pd.add_argument("--data", default=default_data)
+    pd.add_argument("--out", default="cache/train_data")
+    pd.add_argument("--splits", nargs="+", default=["train", "val"])
+
+    t = add("train", cmd_train, "train the learned generator (runs for hours; resumable)")
+    t.add_argument(
+        "train_args",
+        nargs=argparse.REMAINDER,
+        help="options of python -m codec.training.train (--run, --hours, ...)",
+    )
+
+    add("model-info", cmd_model_info, "print the learned generator's MACs and parameters")
+
     f = add(
         "fit-shape-model",
         cmd_fit_shape_model,
@@ -301,6 +412,37 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", default=default_data)
     f.add_argument("--output", default=str(Path(__file__).parent / "assets" / "shape_model.npz"))
     f.add_argument("--cache", default="cache/tracks")
+
+    sv = add("serve", cmd_serve, "receive live calls: decode in real time, record and/or show")
+    sv.add_argument("--port", type=_int_range(0, 65535), required=True, help="0: any free port")
+    sv.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: loopback; others need --token)",
+    )
+    sv.add_argument("--record", metavar="MP4", help="record each call (.mp4 / .mkv)")
+    sv.add_argument("--display", action="store_true", help="show the call in an OpenCV window")
+    sv.add_argument("--backend", default=None, help="generator backend (default: the stream's)")
+    sv.add_argument("--token", help="shared token callers must send (or GRACECODEC_TOKEN)")
+    sv.add_argument("--tls-cert", metavar="PEM", help="TLS certificate chain (with --tls-key)")
+    sv.add_argument("--tls-key", metavar="PEM", help="TLS private key")
+    sv.add_argument("--once", action="store_true", help="exit after the first call ends")
+
+    cl = add("call", cmd_call, "call a receiver: stream a video file or a camera live")
+    cl.add_argument("target", metavar="HOST:PORT", help="the receiver (gracecodec serve)")
+    src = cl.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="video file, played at its own frame rate")
+    src.add_argument("--camera", type=_int_range(0, 99), metavar="N", help="OpenCV camera N")
+    cl.add_argument("--loop", action="store_true", help="play --input again and again")
+    cl.add_argument("--token", help="the receiver's token (or GRACECODEC_TOKEN)")
+    cl.add_argument("--tls-ca", metavar="PEM", help="CA certificate: use TLS, trust this CA")
+    cl.add_argument(
+        "--max-seconds",
+        type=_float_range(0.1, 10**7),
+        default=None,
+        metavar="S",
+        help="hang up after S seconds",
+    )
     return p
 
 

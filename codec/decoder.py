@@ -46,12 +46,18 @@ class Decoder:
         self.next_pts = 0
         self.needs_keyframe = True
 
-    def decode(self, packet: Packet) -> list[np.ndarray]:
-        """Returns the frames this packet completes (zero or one)."""
+    def decode(self, packet: Packet, render: bool = True) -> list[np.ndarray]:
+        """Returns the frames this packet completes (zero or one).
+
+        render=False decodes a MOTION packet's landmarks (the motion stream is coded across
+        frames, so none may be skipped) without rendering the frame: a live receiver that
+        falls behind drops stale frames this way.
+        """
         if packet.kind == PacketKind.KEYFRAME:
             return [self._keyframe(packet)]
         if packet.kind == PacketKind.MOTION:
-            return [self._motion(packet)]
+            landmarks = self._motion(packet)
+            return [self.generator.render(landmarks)] if render else []
         return []  # unknown kinds (newer minor versions) are skipped
 
     def _keyframe(self, packet: Packet) -> np.ndarray:
@@ -74,6 +80,7 @@ class Decoder:
         return image
 
     def _motion(self, packet: Packet) -> np.ndarray:
+        """Decodes a MOTION packet's landmarks: float32 (68, 2)."""
         if self.needs_keyframe:
             raise BitstreamError(f"MOTION at pts {packet.pts} without a preceding key frame")
         self._check_pts(packet.pts, keyframe=False)
@@ -83,7 +90,7 @@ class Decoder:
             self.needs_keyframe = True
             raise
         self.next_pts = packet.pts + 1
-        return self.generator.render(landmarks)
+        return landmarks
 
     def _check_pts(self, pts: int, keyframe: bool) -> None:
         if pts != self.next_pts and not (keyframe and self.needs_keyframe and pts > self.next_pts):

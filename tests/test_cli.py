@@ -261,3 +261,16 @@ def test_readme_quick_start_runs(tmp_path, monkeypatch):
         if argv[1] == "example":
             argv = argv + ["--seconds", "1"]  # the README's clip, shorter
         assert main(argv[1:] + (["-q"] if argv[1] != "info" else [])) == 0, argv
+
+
+def test_real_clip_end_to_end(data_dir, tmp_path):
+    """A `needs-crop` clip of ../shared/data (a larger frame): encode, decode, count frames."""
+    from codec.benchmarks import read_manifest
+
+    clip = next(c for c in read_manifest(data_dir, "val") if c.kind == "needs-crop")
+    agc, out = tmp_path / "real.agc", tmp_path / "real.mkv"
+    assert main(["encode", str(clip.path), str(agc), "-q", "--max-frames", "40"]) == 0
+    assert main(["decode", str(agc), str(out), "-q"]) == 0
+    frames = list(read_frames(out))
+    assert len(frames) == 40 and frames[0].shape == (256, 256, 3)
+    assert probe_video(out).fps == probe_video(clip.path).fps
