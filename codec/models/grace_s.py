@@ -73,10 +73,15 @@ class DSUp(nn.Module):
 
 
 def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Bilinear sample of x (B, C, H, W) at grid (B, 2, h, w) in [-1, 1], zero outside."""
-    return F.grid_sample(
-        x, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros", align_corners=False
-    )
+    """Bilinear sample of x (B, C, H, W) at grid (B, 2, h, w) in [-1, 1].
+
+    The grid is first clamped to the centres of x's edge pixels, so a head moving towards
+    the crop border repeats the edge instead of pulling in black (a zero-padding grid
+    sample engine then never reads outside; the clamp is part of building the grid).
+    """
+    lim = 1 - 1 / x.shape[-1]
+    grid = grid.clamp(-lim, lim).permute(0, 2, 3, 1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:

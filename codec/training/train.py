@@ -23,7 +23,7 @@ import torch
 
 from ..generators.flow import landmark_heatmaps, network_inputs
 from ..models import weights_digest
-from ..models.grace_s import GraceS, GraceSConfig
+from ..models.grace_s import GraceS, GraceSConfig, warp
 
 
 class PairDataset:
@@ -125,9 +125,7 @@ def evaluate(model: GraceS, val: PairDataset, pairs: list, size: int) -> dict[st
             out = model.render(b["ref"], feats, b["grid"], b["target_heat"], b["ref_heat"]).clamp(
                 0, 1
             )
-            warped = torch.nn.functional.grid_sample(
-                b["ref"], b["grid"].permute(0, 2, 3, 1), align_corners=False
-            )
+            warped = warp(b["ref"], b["grid"])
             for n in range(len(out)):
                 scores["psnr_model"].append(psnr(out[n], b["target"][n]))
                 scores["psnr_warp"].append(psnr(warped[n], b["target"][n]))
