@@ -41,7 +41,6 @@ bench-motion: setup  ## motion rate and landmark error on the val clips of ../sh
 	$(BIN)/gracecodec bench-motion --split val
 
 proto: setup  ## regenerate the gRPC stubs in transport/ from transport/gracecall.proto
-	$(BIN)/pip install -q grpcio-tools==1.85.1  # the floors in pyproject follow this version
 	PYTHON=$(BIN)/python sh transport/regenerate.sh
 
 csim:  ## build and run the HLS engine testbenches with g++ (C simulation; no Vitis needed)

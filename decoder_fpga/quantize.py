@@ -23,7 +23,9 @@ splits) or one ARM-side op:
     have very different ranges, so one concatenated int8 input would waste the heatmaps'
     precision).
 * `GridNode`: bilinear grid sample with the occlusion multiply fused (`warp(f, g) * occ`),
-  or a bilinear resize (`mode="resize"`, a grid sample on a constant grid).
+  or a bilinear resize (`mode="resize"`, a grid sample on a constant grid). grace-s's
+  `warp` clamps its grid to the centres of the edge pixels, so the engine's zero padding
+  is never reached: the clamp is part of building the grid (ARM side).
 * `ArmNode`: the small ops that stay on the ARM (numpy): building the int8 inputs, the
   sampling grids in Q9.6 pixel coordinates (landmark backward map, bilinear resizes of the
   grid and of the refinement), the sigmoid of the occlusion logit and its resizes, and the
@@ -31,16 +33,17 @@ splits) or one ARM-side op:
 
 Tensors with a fixed, known range get a fixed scale, the others a calibrated one:
 
-* `ref_in` (4, S, S): the key frame centred, `ref - 0.5`, plus a constant plane of 0.5, at
-  scale 0.5/127. The constant plane makes the zero-padded warps exact:
-  `warp(ref) = warp(ref - 0.5) + warp(0.5 plane)`, so `warp(ref)` (the image the residual
-  is added to) and `warp(resize(ref)) - 0.5` (the motion net's input) keep the float
-  model's black outside the image. `enc0` reads its first three channels.
+* `ref_in` (3, S, S): the key frame centred, `ref - 0.5`, at scale 0.5/127 (254 levels:
+  `q = floor((508 p - 64515) / 510)` for a pixel p, exact). The encoder's input, and what
+  the warps sample: the grids stay inside the frame (clamped), so
+  `warp(ref) = warp(ref - 0.5) + 0.5` exactly, and `warp(resize(ref)) - 0.5` is
+  `warp(resize(ref_in))`.
 * `mot_in` (3 + 2G, q, q): the first motion conv's concatenated input is ONE int8 tensor
   with ONE scale, 1/127: the heatmaps are in [0, 1], the centred warped image in
-  [-0.5, 0.5] (so it keeps about 7 bits, for the motion net only). The ARM writes its
-  channel slices: `mot_in.rgb` (from the warped 64x64 reference, an integer op),
-  `mot_in.heat` (the target heatmaps, also `dec_heat`'s input) and `mot_in.ref_heat`.
+  [-0.5, 0.5] (so it keeps about 7 bits, for the motion net only). Its channel slices are
+  written by different steps: `mot_in.rgb` by the grid-sample engine (warp of the 64x64
+  reference, requantised from 0.5/127 to 1/127), `mot_in.heat` (the target heatmaps, also
+  `dec_heat`'s input) and `mot_in.ref_heat` by the ARM.
 * every other int8 tensor (conv and grid-sample outputs): per-tensor scale from
   calibration (below).
 
@@ -134,10 +137,11 @@ class GridNode:
     occ: str | None = None
     mode: str = "warp"  # "warp" or "resize" (the grid is the constant resize grid)
     stage: str = "frame"
+    out: str | None = None  # output tensor when not `name` (e.g. a channel slice)
 
     @property
     def y(self) -> str:
-        return self.name
+        return self.out or self.name
 
     @property
     def inputs(self) -> list[str]:
@@ -194,21 +198,20 @@ def build_graph(config) -> Graph:
         tensor(name, (cout, size, size), stage=stage)
         nodes.append(ConvNode(name, x, k, stride, **kw))
 
-    def grid(name, x, grid_name, occ=None, mode="warp", stage="frame"):
-        ch = T[x].shape[0]
-        ho = T[grid_name].shape[1]
-        scale = REF_SCALE if T[x].scale == REF_SCALE else None
-        tensor(name, (ch, ho, ho), stage=stage, scale=scale)
-        nodes.append(GridNode(name, x, grid_name, occ, mode, stage))
+    def grid(name, x, grid_name, occ=None, mode="warp", stage="frame", out=None):
+        if out is None:
+            scale = REF_SCALE if T[x].scale == REF_SCALE else None
+            tensor(name, (T[x].shape[0], T[grid_name].shape[1], T[grid_name].shape[2]),
+                   stage=stage, scale=scale)  # fmt: skip
+        nodes.append(GridNode(name, x, grid_name, occ, mode, stage, out))
 
     # ---- reference stage (once per key frame)
     R = "reference"
-    tensor("ref_in", (4, s, s), stage=R, scale=REF_SCALE)
-    tensor("ref_in.rgb", (3, s, s), stage=R, scale=REF_SCALE, parent="ref_in")
+    tensor("ref_in", (3, s, s), stage=R, scale=REF_SCALE)
     tensor("grid_resize", (2, q, q), dtype="int16", stage=R)
     tensor("ref_heat", (g, q, q), stage=R, scale=HEAT_SCALE)
     nodes.append(ArmNode("reference_input", (), ("ref_in", "grid_resize", "ref_heat"), R))
-    conv("enc0", "ref_in.rgb", e0, s, relu=True, stage=R)
+    conv("enc0", "ref_in", e0, s, relu=True, stage=R)
     conv("enc1a", "enc0", e1, s // 2, stride=2, relu=True, stage=R)
     conv("enc1b", "enc1a", e1, s // 2, relu=True, stage=R)
     conv("enc2a", "enc1b", e2, q, stride=2, relu=True, stage=R)
@@ -222,8 +225,7 @@ def build_graph(config) -> Graph:
     tensor("mot_in.heat", (g, q, q), scale=HEAT_SCALE, parent="mot_in", ch0=3)
     tensor("mot_in.ref_heat", (g, q, q), scale=HEAT_SCALE, parent="mot_in", ch0=3 + g)
     nodes.append(ArmNode("frame_inputs", ("ref_heat",), ("grid64", "mot_in")))
-    grid("wref64", "ref64", "grid64")
-    nodes.append(ArmNode("motion_image", ("wref64",), ("mot_in",)))
+    grid("wref64", "ref64", "grid64", out="mot_in.rgb")
     conv("mot0", "mot_in", m0, q, relu=True)
     conv("mot1a", "mot0", m1, q // 2, stride=2, relu=True)
     conv("mot1b", "mot1a", m1, q // 2, relu=True)
@@ -323,22 +325,24 @@ def run_float_graph(model, graph: Graph, inputs: dict) -> dict:
         elif isinstance(node, GridNode):
             x = get(node.x)
             if node.mode == "resize":
-                t[node.y] = resize(x, graph.tensors[node.y].shape[1])
+                y = resize(x, graph.tensors[node.y].shape[1])
             else:
                 y = warp(x, t[node.grid])
-                t[node.y] = y * t[node.occ] if node.occ else y
+                y = y * t[node.occ] if node.occ else y
+            spec = graph.tensors[node.y]
+            if spec.parent:  # write a channel slice of another tensor
+                p = t[spec.parent].clone()
+                p[:, spec.ch0 : spec.ch0 + spec.shape[0]] = y
+                t[spec.parent] = p
+            else:
+                t[node.y] = y
         elif node.name == "reference_input":
-            half = torch.full_like(ref_img[:, :1], 0.5)
-            t["ref_in"] = torch.cat([ref_img - 0.5, half], 1)
+            t["ref_in"] = ref_img - 0.5
             t["ref_heat"] = inputs["ref_heat"]
         elif node.name == "frame_inputs":
             t["grid64"] = resize(grid, q)
             heat = inputs["target_heat"]
             t["mot_in"] = torch.cat([torch.zeros_like(heat[:, :3]), heat, t["ref_heat"]], 1)
-        elif node.name == "motion_image":
-            w = t["wref64"]
-            rgb = w[:, :3] + w[:, 3:4] - 0.5
-            t["mot_in"] = torch.cat([rgb, t["mot_in"][:, 3:]], 1)
         elif node.name == "motion_head":
             head = t["mot_head"]
             delta = head[:, :2] * c["flow_scale"]
@@ -348,8 +352,7 @@ def run_float_graph(model, graph: Graph, inputs: dict) -> dict:
             t["g256"] = grid + resize(delta, s)
             t["occ64"], t["occ128"], t["occ256"] = occ, resize(occ, 2 * q), resize(occ, s)
         elif node.name == "output":
-            w = t["wref256"]
-            t["image"] = w[:, :3] + w[:, 3:4] + t["out"]
+            t["image"] = t["wref256"] + 0.5 + t["out"]
         else:  # pragma: no cover - the graph and this function are written together
             raise QuantizationError(f"no float semantics for ARM op {node.name!r}")
     return t

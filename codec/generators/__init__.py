@@ -35,6 +35,8 @@ class Generator(Protocol):
 _BACKENDS: dict[str, str] = {
     "warp": "codec.generators.warp:WarpGenerator",
     "torch": "codec.generators.torch_backend:TorchGenerator",
+    "int8": "decoder_fpga.backends:Int8Generator",
+    "csim": "decoder_fpga.backends:CsimGenerator",
 }
 
 # The model id a stream's header names -> the backend that decodes it by default.
