@@ -115,18 +115,25 @@ def resize_bilinear(x: np.ndarray, size: int) -> np.ndarray:
     return y[:, :, j0] * a[None, None, :] + y[:, :, j1] * b[None, None, :]
 
 
+def grid_to_fixed_clamped(grid: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Normalised grid (2, Ho, Wo) -> int16 Q9.6 pixels of an (h, w) input, clamped to the
+    edge pixels' centres ([0, w - 1] x [0, h - 1]) as grace-s's `warp` clamps its grid."""
+    q = ref.grid_to_fixed(grid, h, w)
+    q[0] = np.clip(q[0], 0, (w - 1) * ref.GRID_ONE)
+    q[1] = np.clip(q[1], 0, (h - 1) * ref.GRID_ONE)
+    return q
+
+
 def _reference_input(run: ProgramRunner, image: np.ndarray, landmarks: np.ndarray, **_):
-    """uint8 key frame -> ref_in: (p/255 - 0.5) at scale 0.5/127, plus the 0.5 plane (127),
-    exactly: q = floor((508 p - 64515) / 510); the constant resize grid; the reference
-    heatmaps at scale 1/127."""
+    """uint8 key frame -> ref_in = p/255 - 0.5 at scale 0.5/127, exactly (round half up):
+    q = floor((508 p - 64515) / 510); the constant resize grid; the reference heatmaps at
+    scale 1/127."""
     from codec.generators.flow import landmark_heatmaps
 
     s = run.size
     q = s // 4
     p = image.transpose(2, 0, 1).astype(np.int32)
-    ref_in = run.view("ref_in")
-    ref_in[:3] = (508 * p - 64515) // 510
-    ref_in[3] = 127
+    run.view("ref_in")[...] = (508 * p - 64515) // 510
     run.view("grid_resize")[...] = ref.resize_grid(s, s, q, q)
     run.state["ref_lm"] = np.asarray(landmarks, np.float64)
     heat = landmark_heatmaps(run.state["ref_lm"], s, q)
@@ -143,17 +150,9 @@ def _frame_inputs(run: ProgramRunner, landmarks: np.ndarray, **_):
     grid, heat = network_inputs(run.state["ref_lm"], landmarks, s)
     run.state["grid"] = grid.astype(np.float64)
     run.state["grid64"] = resize_bilinear(grid, q)
-    run.view("grid64")[...] = ref.grid_to_fixed(run.state["grid64"], q, q)
+    run.view("grid64")[...] = grid_to_fixed_clamped(run.state["grid64"], q, q)
     run.view("mot_in.heat")[...] = ref.quantize(heat, run.scale("mot_in.heat"))
     run.view("mot_in.ref_heat")[...] = run.view("ref_heat")
-
-
-def _motion_image(run: ProgramRunner, **_):
-    """wref64 = warp([ref - 0.5 | 0.5]) at 0.5/127 -> mot_in.rgb = warp(ref) - 0.5 at 1/127:
-    v = w[c] + w[3] - 127 (half steps), rounded half up: (v + 1) >> 1. Integer only."""
-    w = run.view("wref64").astype(np.int32)
-    v = w[:3] + w[3:4] - 127
-    run.view("mot_in.rgb")[...] = np.clip((v + 1) >> 1, -128, 127)
 
 
 def _motion_head(run: ProgramRunner, **_):
@@ -168,9 +167,9 @@ def _motion_head(run: ProgramRunner, **_):
     g64 = run.state["grid64"] + delta
     g128 = resize_bilinear(grid, 2 * q) + resize_bilinear(delta, 2 * q)
     g256 = grid + resize_bilinear(delta, s)
-    run.view("g64")[...] = ref.grid_to_fixed(g64, q, q)
-    run.view("g128")[...] = ref.grid_to_fixed(g128, 2 * q, 2 * q)
-    run.view("g256")[...] = ref.grid_to_fixed(g256, s, s)
+    run.view("g64")[...] = grid_to_fixed_clamped(g64, q, q)
+    run.view("g128")[...] = grid_to_fixed_clamped(g128, 2 * q, 2 * q)
+    run.view("g256")[...] = grid_to_fixed_clamped(g256, s, s)
     run.view("occ64")[...] = ref.occlusion_to_fixed(occ[0])
     run.view("occ128")[...] = ref.occlusion_to_fixed(resize_bilinear(occ, 2 * q)[0])
     run.view("occ256")[...] = ref.occlusion_to_fixed(resize_bilinear(occ, s)[0])
@@ -178,10 +177,8 @@ def _motion_head(run: ProgramRunner, **_):
 
 def _output(run: ProgramRunner, **_):
     """warp(ref) + out -> clamp to [0, 1] -> uint8 (S, S, 3), rounding half to even like
-    the torch backend. warp(ref) = (w[c] + w[3]) * 0.5/127 (the 0.5 plane undoes the
-    centring, black outside the frame as in the float model)."""
-    w = run.view("wref256").astype(np.float64)
-    img = (w[:3] + w[3:4]) * run.scale("wref256")
+    the torch backend; warp(ref) = warp(ref - 0.5) + 0.5 (the grid stays inside)."""
+    img = run.view("wref256").astype(np.float64) * run.scale("wref256") + 0.5
     img = img + run.view("out").astype(np.float64) * run.scale("out")
     out = np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
     run.state["image"] = np.ascontiguousarray(out.transpose(1, 2, 0))
@@ -190,7 +187,6 @@ def _output(run: ProgramRunner, **_):
 ARM_OPS = {
     "reference_input": _reference_input,
     "frame_inputs": _frame_inputs,
-    "motion_image": _motion_image,
     "motion_head": _motion_head,
     "output": _output,
 }
