@@ -33,6 +33,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         detector=args.landmarks,
         motion_step=args.motion_step,
+        model=args.model,
         progress=lambda it, total: _progress(it, args.quiet, total, "encode"),
     )
     if not args.quiet:
@@ -292,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PX",
         help="motion quantisation step in crop px (default: the coder's)",
+    )
+    e.add_argument(
+        "--model",
+        choices=["warp", "grace-s"],
+        default=None,
+        help="generator the stream is made for, named in its header (default: grace-s when "
+        "its weights ship with this build, else warp)",
     )
 
     d = add(

@@ -10,7 +10,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from .bitstream import AgcReader, AgcWriter, Header, Packet, PacketKind
-from .errors import BitstreamError, InputError
+from .errors import BitstreamError, GraceError, InputError
 from .fileio import atomic_output, check_writable
 
 Progress = Callable[[Iterable, int | None], Iterable]
@@ -61,6 +61,7 @@ def encode_file(
     max_frames: int | None = None,
     detector: str = "dlib",
     motion_step: float | None = None,
+    model: str | None = None,
     progress: Progress = _no_progress,
     encoder_out: list | None = None,
 ) -> EncodeStats:
@@ -75,6 +76,7 @@ def encode_file(
     from .video import probe_video, read_frames
 
     check_writable(output_path)
+    model_id, model_digest = _stream_model(model)
     info = probe_video(input_path)
     motion = MotionConfig() if motion_step is None else MotionConfig(step_px=motion_step)
     config = EncoderConfig(
@@ -83,6 +85,8 @@ def encode_file(
         keyframe_interval=keyframe_interval,
         motion=motion,
         pipeline=PipelineConfig(detector=detector),
+        model_id=model_id,
+        model_digest=model_digest,
     )
     enc = Encoder(config, info.fps, info.width, info.height, keep_records=encoder_out is not None)
     if encoder_out is not None:
@@ -107,6 +111,21 @@ def encode_file(
     stats.seconds = time.perf_counter() - start
     stats.lost_frames = enc.pipeline.lost_frames
     return stats
+
+
+def _stream_model(model: str | None) -> tuple[str, bytes]:
+    """(model id, weights digest) a new stream names: the chosen model, or the default."""
+    from .generators import default_model
+    from .generators.torch_backend import model_card
+
+    if model is None:
+        return default_model()
+    if model == "warp":
+        return "warp", b""
+    card = model_card(model)
+    if card is None:
+        raise GraceError(f"no weights for model {model!r} ship with this build")
+    return card["arch"], bytes.fromhex(card["digest"])
 
 
 def decode_file(

@@ -46,6 +46,17 @@ MODEL_BACKENDS: dict[str, str] = {
 }
 
 
+def default_model() -> tuple[str, bytes]:
+    """The model a new stream names: the shipped learned generator when its weights are in
+    the package, else the weight-free `warp`. Reads only the sidecar JSON (no torch)."""
+    from .torch_backend import model_card
+
+    card = model_card("grace-s")
+    if card is None:
+        return "warp", b""
+    return card["arch"], bytes.fromhex(card["digest"])
+
+
 def backend_names() -> list[str]:
     return sorted(_BACKENDS)
 

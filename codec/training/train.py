@@ -160,6 +160,17 @@ def export(model: GraceS, path: Path, extra: dict | None = None) -> bytes:
     return digest
 
 
+def ship(checkpoint: Path, assets: Path) -> str:
+    """Copies an exported checkpoint into the package with its sidecar JSON (the model card
+    the encoder reads to name the model in the stream header without importing torch)."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    name = ckpt["arch"]
+    torch.save(ckpt, assets / f"{name}.pt")
+    card = {k: ckpt[k] for k in ("arch", "config", "digest", "step", "val") if k in ckpt}
+    (assets / f"{name}.json").write_text(json.dumps(card, indent=1) + "\n")
+    return f"shipped {name} (digest {ckpt['digest']}, step {ckpt.get('step')}) to {assets}"
+
+
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -237,7 +248,14 @@ def main(argv=None) -> None:
     p.add_argument("--val-pairs", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    train(p.parse_args(argv))
+    p.add_argument(
+        "--ship", metavar="CHECKPOINT", help="copy an exported checkpoint into the package and stop"
+    )
+    args = p.parse_args(argv)
+    if args.ship:
+        print(ship(Path(args.ship), Path(__file__).resolve().parents[1] / "assets"))
+        return
+    train(args)
 
 
 if __name__ == "__main__":
