@@ -274,3 +274,23 @@ def test_real_clip_end_to_end(data_dir, tmp_path):
     frames = list(read_frames(out))
     assert len(frames) == 40 and frames[0].shape == (256, 256, 3)
     assert probe_video(out).fps == probe_video(clip.path).fps
+
+
+def test_model_choice(example_clip, tmp_path, capsys):
+    """Streams name the model they are made for; an unshipped model is a clear error."""
+    from codec.generators import default_model
+    from codec.generators.torch_backend import model_card
+
+    agc = tmp_path / "w.agc"
+    assert (
+        main(["encode", str(example_clip), str(agc), "-q", "--max-frames", "3", "--model", "warp"])
+        == 0
+    )
+    with open(agc, "rb") as f:
+        assert AgcReader(f).header.model_id == "warp"
+    if model_card("grace-s") is None:
+        assert default_model() == ("warp", b"")
+        line = run_fails(
+            ["encode", str(example_clip), str(tmp_path / "g.agc"), "--model", "grace-s"], capsys
+        )
+        assert "no weights" in line
