@@ -302,7 +302,9 @@ def resolve_program(
         return _check_digest(program, model_digest, "given")
     if program is not None:
         return _check_digest(Program.load(Path(program)), model_digest, program)
-    from codec.generators.torch_backend import model_card, model_path
+    import json
+
+    from codec.generators.torch_backend import model_path
 
     if model_id == "warp":  # a warp stream carries no model: use the shipped one
         model_id, model_digest = "grace-s", b""
@@ -310,7 +312,8 @@ def resolve_program(
     shipped = ckpt.with_suffix(".int8")
     if (shipped / "program.json").is_file():
         prog = Program.load(shipped)
-        card = model_card(model_id) if not checkpoint else None
+        card_path = ckpt.with_suffix(".json")  # the sidecar model card, when there is one
+        card = json.loads(card_path.read_text()) if card_path.is_file() else None
         if card and card.get("digest") != prog.digest:
             raise ModelMismatchError(
                 f"{shipped} was compiled for weights {prog.digest}, {ckpt.name} holds "

@@ -168,7 +168,7 @@ def plan_memory(graph: Graph) -> tuple[dict[str, int], int, set[str]]:
         for r in sorted(temps, key=lambda r: life[r][0]):
             a, b = life[r]
             size = _align(_nbytes(graph.tensors[r].shape, graph.tensors[r].dtype))
-            busy = sorted((o, o + sz) for o, sz, f, l in placed if not (l < a or b < f))
+            busy = sorted((o, o + sz) for o, sz, f, e in placed if not (e < a or b < f))
             off = base
             for s0, s1 in busy:
                 if off + size <= s0:
@@ -297,11 +297,19 @@ def compile_program(
                         "res": addr(node.residual) + c0 * plane_out if node.residual else -1,
                         "y": addr(node.y) + c0 * plane_out,
                         "cfg": {
-                            "cin": pc_in, "cout": c1 - c0, "h": h, "w": w, "k": k,
-                            "stride": node.stride, "depthwise": int(node.depthwise),
-                            "relu": int(node.relu), "upsample": int(node.upsample),
+                            "cin": pc_in,
+                            "cout": c1 - c0,
+                            "h": h,
+                            "w": w,
+                            "k": k,
+                            "stride": node.stride,
+                            "depthwise": int(node.depthwise),
+                            "relu": int(node.relu),
+                            "upsample": int(node.upsample),
                             "residual": int(node.residual is not None),
-                            "res_m": res_m, "res_s": res_s, "tile_rows": tr,
+                            "res_m": res_m,
+                            "res_s": res_s,
+                            "tile_rows": tr,
                         },  # fmt: skip
                     }
                 )
@@ -327,14 +335,26 @@ def compile_program(
                     "grid": addr(node.grid),
                     "occ": addr(node.occ) if node.occ else -1,
                     "y": addr(node.y),
-                    "cfg": {"c": c, "h": h, "w": w, "ho": ho, "wo": wo,
-                            "occlusion": int(node.occ is not None), "m": m, "s": s},
+                    "cfg": {
+                        "c": c,
+                        "h": h,
+                        "w": w,
+                        "ho": ho,
+                        "wo": wo,
+                        "occlusion": int(node.occ is not None),
+                        "m": m,
+                        "s": s,
+                    },
                 }  # fmt: skip
             )
         else:
             stages[node.stage].append(
-                {"op": "arm", "node": node.name, "inputs": list(node.inputs),
-                 "outputs": list(node.outputs)}  # fmt: skip
+                {
+                    "op": "arm",
+                    "node": node.name,
+                    "inputs": list(node.inputs),
+                    "outputs": list(node.outputs),
+                }  # fmt: skip
             )
     tensors = {}
     for name, spec in T.items():

@@ -479,7 +479,11 @@ def calibrate(
                         kept[n].append(row[idx])
     scales = {}
     for n in names:
-        v = peak[n] if method == "max" else float(np.percentile(np.concatenate(kept[n]), percentile))
+        v = (
+            peak[n]
+            if method == "max"
+            else float(np.percentile(np.concatenate(kept[n]), percentile))
+        )
         if not math.isfinite(v):
             raise QuantizationError(f"calibration of {n} gave a non-finite range")
         scales[n] = v / 127.0 if v > 0 else 1.0
@@ -520,9 +524,7 @@ class QuantizedModel:
             "grids": {k: [int(m), int(s)] for k, (m, s) in self.grids.items()},
             "calibration": self.calibration,
             "version": self.version,
-            "res": {
-                k: [v.res_M, v.res_S] for k, v in self.convs.items() if v.res_M is not None
-            },
+            "res": {k: [v.res_M, v.res_S] for k, v in self.convs.items() if v.res_M is not None},
         }
         arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
         for name, qc in self.convs.items():
@@ -694,4 +696,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's copy of this module: the compiler's isinstance checks need the
+    # node classes of `decoder_fpga.quantize`, not of `__main__`.
+    from decoder_fpga.quantize import main as _main
+
+    sys.exit(_main())

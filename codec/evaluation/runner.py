@@ -66,7 +66,10 @@ class EvalConfig:
     key_qualities: tuple[int, ...] = (20, 40, 60)
     keyframe_intervals: tuple[int, ...] = (0, 125)
     anchors: tuple[str, ...] = ANCHOR_CODECS
-    backends: tuple[str, ...] | None = None  # None: every registered backend
+    backends: tuple[str, ...] | None = (
+        "warp",
+        "torch",
+    )  # None: every registered backend (int8 and csim are slow)
     max_frames: int | None = None
     max_clips: int | None = None
     face_stride: int = 1  # AKD/AED on every n-th frame (the dlib descriptor is ~60 ms)

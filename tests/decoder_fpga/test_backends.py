@@ -177,3 +177,12 @@ def test_arm_resize_matches_torch():
             torch.from_numpy(x)[None], size=(size, size), mode="bilinear", align_corners=False
         )[0].numpy()
         np.testing.assert_allclose(backends.resize_bilinear(x, size), want, atol=1e-5)
+
+
+def test_stale_shipped_program_is_refused(tmp_path, checkpoint, program):
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(checkpoint, ckpt)
+    program.save(tmp_path / "model.int8")
+    (tmp_path / "model.json").write_text('{"arch": "grace-s", "digest": "00000000000000ff"}')
+    with pytest.raises(ModelMismatchError, match="decoder_fpga.quantize"):
+        Int8Generator(checkpoint=ckpt)

@@ -97,7 +97,9 @@ def test_steps_fit_the_engines(program):
             assert c["tile_rows"] == tr
             assert sorted(c) == sorted(f[0] for f in _conv_cfg_fields())
         elif st["op"] == "grid_sample":
-            ref.check_grid_sample(c["c"], c["h"], c["w"], c["ho"], c["wo"], occlusion=c["occlusion"])
+            ref.check_grid_sample(
+                c["c"], c["h"], c["w"], c["ho"], c["wo"], occlusion=c["occlusion"]
+            )
 
 
 def _conv_cfg_fields():
@@ -151,7 +153,7 @@ def test_output_channel_splits_respect_the_limits_and_change_nothing(qm, program
             )  # fmt: skip
             parts.setdefault(st["node"], []).append(st["channels"])
     assert parts["mot2b"] == [[0, 16], [16, 32], [32, 40]]  # 40 x 40 x 3x3: 360 B a group
-    for node, ch in parts.items():  # the parts tile [0, cout) in order
+    for ch in parts.values():  # the parts tile [0, cout) in order
         assert ch[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ch, ch[1:]))
     assert split.weights == program.weights  # a split is a sub-range, no repacking
     for a, b in zip(frames(split), frames(program)):
@@ -220,3 +222,24 @@ def test_bad_requant_is_rejected(qm):
     bad.convs["mot_up1"] = dataclasses.replace(c, S=np.full_like(c.S, 8))  # residual: S >= 9
     with pytest.raises(CompileError, match="mot_up1.*BAD_REQUANT"):
         compile_program(bad)
+
+
+def test_performance_model(program):
+    from codec.models.grace_s import count_macs
+    from decoder_fpga import perf
+
+    r = perf.report(program)
+    convs = [s for s in r["steps"] if s["op"] == "conv"]
+    macs = count_macs(GraceS(CONFIG))
+    macs.pop("reference")
+    macs.pop("grid_sample")
+    assert sum(s["macs"] for s in convs) == sum(macs.values())
+    for s in r["steps"]:
+        assert 0 < s["mac_bound"] <= s["overlapped"] <= s["serial"]
+    assert r["mac_bound"]["fps"] > r["what_if"]["fps"] > r["overlapped"]["fps"] > r["serial"]["fps"]
+    assert r["overlapped"]["uj_per_pixel"] == pytest.approx(
+        2.5 * r["overlapped"]["ms"] * 1e3 / SIZE**2
+    )
+    text = perf.format_report(r)
+    assert "MODELLED" in text and text.count("(modelled)") >= 4
+    assert sum(r["dsp"].values()) <= perf.XC7Z020["DSP48E1"]
