@@ -89,14 +89,18 @@ def batch(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     return out
 
 
-def loss_fn(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def loss_fn(
+    out: torch.Tensor, target: torch.Tensor, l1_weight: float = 4.0
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """l1_weight * L1 + 0.5 * (1 - MS-SSIM). MS-SSIM alone barely sees colour and
+    brightness drift (its luminance term acts only at the coarsest scale): L1 holds them."""
     from pytorch_msssim import ms_ssim
 
     out = out.clamp(0, 1)
     l1 = (out - target).abs().mean()
     msssim = ms_ssim(out, target, data_range=1.0, size_average=True)
-    loss = l1 + 0.5 * (1 - msssim)
-    return loss, {"l1": float(l1), "ms_ssim": float(msssim)}
+    loss = l1_weight * l1 + 0.5 * (1 - msssim)
+    return loss, {"l1": l1.item(), "ms_ssim": msssim.item()}
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -198,7 +202,7 @@ def train(args: argparse.Namespace) -> None:
         b = batch([data.sample(*data.pair(rng), rng, args.size) for _ in range(args.batch)])
         feats = model.encode_reference(b["ref"])
         out = model.render(b["ref"], feats, b["grid"], b["target_heat"], b["ref_heat"])
-        loss, parts = loss_fn(out, b["target"])
+        loss, parts = loss_fn(out, b["target"], args.l1_weight)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -242,6 +246,7 @@ def main(argv=None) -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--l1-weight", type=float, default=4.0)
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=10**9)
     p.add_argument("--eval-every", type=int, default=250)
