@@ -253,11 +253,13 @@ def bench_codec(
 ) -> str:
     """Encodes and decodes each clip with the default settings; returns a Markdown table
     of rate (key frames, motion, total) and speed (encode and decode frames/s)."""
+    import os
     import platform
     import tempfile
 
     from tqdm import tqdm
 
+    from .bitstream import PacketKind
     from .commands import decode_file, encode_file, stream_info
 
     clips = read_manifest(data_dir, split)[:max_clips]
@@ -277,14 +279,14 @@ def bench_codec(
                 lines.append(f"| {clip.path.stem[-40:]} | failed: {e} |")
                 continue
             info = stream_info(agc)
-            key = info.payload_bytes[1] * 8 / 1000
-            n_key = info.packets[1]
+            key = info.payload_bytes[PacketKind.KEYFRAME] * 8 / 1000
+            n_key = info.packets[PacketKind.KEYFRAME]
             row = (
                 info.frames,
                 float(info.header.fps),
                 n_key,
                 key,
-                info.kbps(info.payload_bytes[2]),
+                info.kbps(info.payload_bytes[PacketKind.MOTION]),
                 info.kbps(info.file_bytes),
                 enc.frames / enc.seconds,
                 dec.frames / dec.seconds,
@@ -304,7 +306,7 @@ def bench_codec(
     head = (
         f"{len(totals)} {split} clips of {data_dir}; default settings (HEVC key frames at "
         f"quality 40, backend {backend or 'from the stream'}); {platform.machine()}, "
-        f"{__import__('os').cpu_count()} CPU cores; encode speed includes decoding the "
+        f"{os.cpu_count()} CPU cores; encode speed includes decoding the "
         f"source video and face tracking."
     )
     return head + "\n\n" + "\n".join(lines)

@@ -63,12 +63,8 @@ def encode_file(
     motion_step: float | None = None,
     model: str | None = None,
     progress: Progress = _no_progress,
-    encoder_out: list | None = None,
 ) -> EncodeStats:
-    """Encodes a video file into an .agc file; the output appears only on success.
-
-    encoder_out: when given a list, the Encoder (with per-frame records) is appended to it.
-    """
+    """Encodes a video file into an .agc file; the output appears only on success."""
     from encoder.encoder import Encoder, EncoderConfig
     from encoder.pipeline import PipelineConfig
 
@@ -88,9 +84,7 @@ def encode_file(
         model_id=model_id,
         model_digest=model_digest,
     )
-    enc = Encoder(config, info.fps, info.width, info.height, keep_records=encoder_out is not None)
-    if encoder_out is not None:
-        encoder_out.append(enc)
+    enc = Encoder(config, info.fps, info.width, info.height)
     stats = EncodeStats(fps=info.fps)
     total = min(info.frame_count, max_frames or info.frame_count) or max_frames
     start = time.perf_counter()

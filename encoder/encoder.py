@@ -38,17 +38,6 @@ class EncoderConfig:
     model_digest: bytes = b""
 
 
-@dataclasses.dataclass
-class FrameRecord:
-    """What the encoder sent for one frame (for statistics and benchmarks)."""
-
-    index: int
-    keyframe: bool
-    lost: bool
-    landmarks: np.ndarray  # float32 (68, 2) smoothed track, crop px
-    decoded: np.ndarray  # float32 (68, 2) what the receiver reconstructs, crop px
-
-
 class Encoder:
     def __init__(
         self,
@@ -57,7 +46,6 @@ class Encoder:
         width: int,
         height: int,
         frame_count: int = 0,
-        keep_records: bool = False,
     ):
         if config.key_codec not in IMAGE_CODEC_NAMES:
             raise ValueError(f"unknown key-frame codec {config.key_codec!r}")
@@ -75,7 +63,6 @@ class Encoder:
             motion_params=config.motion.to_bytes(shape_model),
             frame_count=frame_count,
         )
-        self.records: list[FrameRecord] | None = [] if keep_records else None
         self._codec = IMAGE_CODEC_NAMES[config.key_codec]
         self._since_key = 0
         self._key_requested = False
@@ -107,17 +94,15 @@ class Encoder:
         )
         if key:
             packets = self._motion_packets(self.motion.seal())
-            lm_bytes, decoded = self.motion.intra(face.landmarks, face.index)
+            lm_bytes, _ = self.motion.intra(face.landmarks, face.index)
             image = encode_image(face.crop(), self._codec, self.config.key_quality)
             payload = binary.u8(self._codec) + binary.length_prefixed(lm_bytes) + image
             packets.append(Packet(PacketKind.KEYFRAME, face.index, payload))
             self._started, self._key_requested, self._since_key = True, False, 1
         else:
-            decoded, ready = self.motion.inter(face.landmarks)
+            _, ready = self.motion.inter(face.landmarks)
             packets = self._motion_packets(ready)
             self._since_key += 1
-        if self.records is not None:
-            self.records.append(FrameRecord(face.index, key, face.lost, face.landmarks, decoded))
         return packets
 
     @staticmethod
