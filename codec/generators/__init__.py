@@ -37,6 +37,8 @@ _BACKENDS: dict[str, str] = {
     "torch": "codec.generators.torch_backend:TorchGenerator",
     "int8": "decoder_fpga.backends:Int8Generator",
     "csim": "decoder_fpga.backends:CsimGenerator",
+    "pynq": "decoder_fpga.board_backend:PynqGenerator",
+    "pynq-sim": "decoder_fpga.board_backend:PynqSimGenerator",
 }
 
 # The model id a stream's header names -> the backend that decodes it by default.

@@ -1,0 +1,134 @@
+"""The `pynq` and `pynq-sim` generator backends: the compiled Program run through the
+board driver (decoder_fpga/driver.py).
+
+The program, its resolution (`backends.resolve_program`, model digest checked) and the
+ARM-side ops (`backends.ARM_OPS`) are the `int8` / `csim` backends' own; only the engine
+steps differ: each is a register write of its arguments (physical addresses of the
+weights and activation buffers + the config struct), a start, a poll of ap_done. On
+`pynq-sim` the device is `sim_device.SimDevice` (the C-simulated engines on simulated
+DDR), so frames equal `csim` and `int8` bit for bit; on `pynq` it is the board
+(`pynq_device.PynqDevice`).
+
+The runner keeps a per-frame trace of host seconds per stage (pack: register writes;
+flush; run: start to done; invalidate; arm: ARM ops; unpack: the frame into its output
+buffer), and, per key frame, the reference stage's features stay in the activation
+buffer (persistent tensors of the program) for every frame that follows.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .backends import ARM_OPS, Int8Generator, ProgramRunner, resolve_program
+from .driver import DEFAULT_TIMEOUT_S, Board, Device
+from .program import DTYPES, CompileError, Program
+
+STAGES = ("pack", "flush", "run", "invalidate", "arm", "unpack")
+
+
+class BoardRunner(ProgramRunner):
+    """ProgramRunner whose arena is the device buffer and whose engine steps go through
+    the driver; ARM ops are backends.ARM_OPS unchanged."""
+
+    def __init__(self, program: Program, board: Board):
+        self.program = program
+        self.board = board
+        self.engines = None
+        self.size = program.size
+        self.arena = board.arena.array
+        self.weights = board.weights.array
+        self.state: dict = {}
+        self.trace: list[dict] = []  # one entry per stage run
+        for stage in ("reference", "frame"):
+            for st in program.steps(stage):
+                if st["op"] == "arm" and st["node"] not in ARM_OPS:
+                    raise CompileError(f"the program needs ARM op {st['node']!r}, unknown here")
+
+    def view(self, name: str) -> np.ndarray:
+        """The arena slice of tensor `name`, after the coherence the CPU access needs."""
+        t = self.program.tensor(name)
+        dtype = DTYPES[t["dtype"]]
+        n = int(np.prod(t["shape"])) * np.dtype(dtype).itemsize
+        return self.board.cpu_view(t["offset"], n).view(dtype).reshape(t["shape"])
+
+    def run(self, stage: str, **inputs) -> None:
+        b = self.board
+        before = dict(b.times)
+        t_start = time.perf_counter()
+        engines = arm = 0
+        for st in self.program.steps(stage):
+            if st["op"] in ("conv", "grid_sample"):
+                b.run_step(st)
+                engines += 1
+            else:
+                inv0 = b.times.get("invalidate", 0.0)
+                t0 = time.perf_counter()
+                ARM_OPS[st["node"]](self, **inputs)
+                dt = time.perf_counter() - t0 - (b.times.get("invalidate", 0.0) - inv0)
+                b.times["arm"] = b.times.get("arm", 0.0) + dt
+                arm += 1
+        if "image" in self.state:
+            self.state["image"] = b.output_frame(self.state["image"]).copy()
+        rec = {s: b.times.get(s, 0.0) - before.get(s, 0.0) for s in STAGES}
+        rec.update(stage=stage, engine_steps=engines, arm_ops=arm)
+        rec["total"] = time.perf_counter() - t_start
+        self.trace.append(rec)
+
+
+class BoardGenerator(Int8Generator):
+    """The program on a board device; `device=` a driver.Device (made by `_device()` when
+    None). Other arguments as Int8Generator (program, checkpoint, calibration, ...)."""
+
+    name = "pynq-sim"
+
+    def __init__(
+        self,
+        model_id: str = "grace-s",
+        model_digest: bytes = b"",
+        checkpoint=None,
+        program=None,
+        calibration=None,
+        cache_dir=None,
+        device: Device | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ):
+        self.device = self._device() if device is None else device  # fail first, fast
+        self.program = resolve_program(
+            model_id, model_digest, checkpoint, program, calibration, cache_dir
+        )
+        self.board = Board(self.device, self.program, timeout_s)
+        self.runner = BoardRunner(self.program, self.board)
+        self.size = self.program.size
+        self._has_ref = False
+
+    def _device(self) -> Device:
+        from .sim_device import SimDevice
+
+        return SimDevice()
+
+    @property
+    def trace(self) -> list[dict]:
+        return self.runner.trace
+
+    def close(self) -> None:
+        """Gives the DDR buffers back (the device stays usable)."""
+        self.board.close()
+
+
+class PynqSimGenerator(BoardGenerator):
+    """`pynq-sim`: the driver on the simulated device (C-simulated engines)."""
+
+    name = "pynq-sim"
+
+
+class PynqGenerator(BoardGenerator):
+    """`pynq`: the driver on the PYNQ-Z1 (pynq imported only here, on the board)."""
+
+    name = "pynq"
+
+    def _device(self) -> Device:
+        from .pynq_device import PynqDevice
+
+        return PynqDevice()

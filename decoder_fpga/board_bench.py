@@ -1,0 +1,118 @@
+"""Throughput test of the board runtime, stage by stage (like finn-examples' one).
+
+    python -m decoder_fpga.board_bench --backend pynq-sim [--frames N] [--size 256]
+        [--program DIR | --checkpoint PT]
+
+Runs one key frame (the reference stage: its features stay in the activation buffer)
+then N frames, and prints per frame the host time of each stage: pack (register writes),
+flush, run (start to done), invalidate, arm (the ARM ops), unpack (frame out). Without a
+program it uses `perf.shape_program` (the real layer shapes, placeholder weights).
+
+Then the co-processor schedule on the PYNQ-Z1, **modelled**: engine time from the
+performance model (decoder_fpga/perf.py, 100 MHz), ARM time = the host's measured ARM-op
+time x `--arm-factor` (an assumed Cortex-A9 slow-down; measure on the board), and two
+schedules: serial (ARM, engines, ARM, ... in turn) and overlapped (the ARM works on frame
+n+1's inputs and frame n-1's output while the engines run frame n: period = max(engines,
+ARM); needs a second activation buffer for the frame-stage temporaries — not
+implemented, modelled). On `pynq-sim` the stage times are real host times of the
+simulation, not board times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from codec.errors import GraceError
+
+from . import perf
+from .board_backend import STAGES
+
+
+def _face(size: int, rng) -> np.ndarray:
+    from codec.motion import default_shape_model
+
+    sm = default_shape_model()
+    pts = sm.mean.reshape(68, 2) * sm.scale0 * size / 256 + size / 2
+    return (pts + rng.normal(0, size / 128, pts.shape)).astype(np.float32)
+
+
+def modelled_schedule(program, arm_s_host: float, arm_factor: float) -> dict:
+    """Per-frame board time (s), serial and overlapped (all modelled)."""
+    engines = sum(r["overlapped"] for r in perf.step_table(program, "frame")) / perf.A.clock_hz
+    arm = arm_s_host * arm_factor
+    return {
+        "engines_s": engines,
+        "arm_s": arm,
+        "serial_s": engines + arm,
+        "overlapped_s": max(engines, arm),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m decoder_fpga.board_bench", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--backend", default="pynq-sim", choices=["pynq-sim", "pynq"])
+    p.add_argument("--frames", type=int, default=3)
+    p.add_argument("--size", type=int, default=256, help="shape program size (no --program)")
+    p.add_argument("--program", help="a compiled program folder")
+    p.add_argument("--checkpoint", help="a float checkpoint (quantised and cached once)")
+    p.add_argument("--arm-factor", type=float, default=10.0,
+                   help="assumed Cortex-A9 / this host slow-down of the ARM ops (modelled)")  # fmt: skip
+    args = p.parse_args(argv)
+    try:
+        from .board_backend import PynqGenerator, PynqSimGenerator
+
+        if args.program or args.checkpoint:
+            from .backends import resolve_program
+
+            program = resolve_program(checkpoint=args.checkpoint, program=args.program)
+        else:
+            from codec.models.grace_s import GraceSConfig
+
+            program = perf.shape_program(GraceSConfig(size=args.size))
+        cls = PynqGenerator if args.backend == "pynq" else PynqSimGenerator
+        gen = cls(program=program)
+        rng = np.random.default_rng(0)
+        s = program.size
+        img = (
+            rng.integers(0, 256, (s // 16, s // 16, 3)).astype(np.uint8).repeat(16, 0).repeat(16, 1)
+        )
+        gen.set_reference(img, _face(s, rng))
+        for _ in range(args.frames):
+            gen.render(_face(s, rng))
+    except GraceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    head = f"{'':>10}" + "".join(f"{st:>11}" for st in (*STAGES, "total")) + "  engine steps"
+    print(f"{args.backend}: {s}x{s}, host times in ms (simulation: not board times)")
+    print(head)
+    for i, r in enumerate(gen.trace):
+        name = "key frame" if r["stage"] == "reference" else f"frame {i - 1}"
+        cells = "".join(f"{1e3 * r[st]:>11.2f}" for st in (*STAGES, "total"))
+        print(f"{name:>10}{cells}  {r['engine_steps']}")
+    frames = [r for r in gen.trace if r["stage"] == "frame"]
+    if frames:
+        arm = float(np.mean([r["arm"] for r in frames]))
+        m = modelled_schedule(program, arm, args.arm_factor)
+        print(
+            f"\nPYNQ-Z1 per frame (modelled: engines from decoder_fpga/perf.py at 100 MHz, "
+            f"ARM = host x {args.arm_factor:g}):"
+        )
+        print(f"  engines {1e3 * m['engines_s']:.1f} ms, ARM ops {1e3 * m['arm_s']:.1f} ms")
+        print(f"  serial     {1e3 * m['serial_s']:.1f} ms/frame = {1 / m['serial_s']:.2f} fps")
+        print(
+            f"  overlapped {1e3 * m['overlapped_s']:.1f} ms/frame = {1 / m['overlapped_s']:.2f} fps "
+            "(ARM work of neighbouring frames under the engine runs; modelled)"
+        )
+    print(f"flushes {gen.board.flushes}, invalidates {gen.board.invalidates}, engine starts "
+          f"{sum(e.runs for e in gen.board.engines.values())}")  # fmt: skip
+    gen.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
