@@ -182,7 +182,13 @@ def train(args: argparse.Namespace) -> None:
     data = PairDataset(Path(args.data) / "train")
     val = PairDataset(Path(args.data) / "val")
     vrng = np.random.default_rng(1234)
-    val_pairs = [val.pair(vrng) for _ in range(args.val_pairs)]
+    # Distinct frames only: an identical pair scores the warp at infinite PSNR and would
+    # swamp the mean.
+    val_pairs: list = []
+    while len(val_pairs) < args.val_pairs:
+        c, i, j = val.pair(vrng)
+        if i != j:
+            val_pairs.append((c, i, j))
     model = GraceS(GraceSConfig(size=args.size)).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     step = 0
