@@ -158,6 +158,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         face_stride=args.face_stride,
         qps=tuple(args.qps) if args.qps else config.qps,
         key_qualities=tuple(args.key_qualities) if args.key_qualities else config.key_qualities,
+        keyframe_intervals=(
+            tuple(args.keyframe_intervals) if args.keyframe_intervals else config.keyframe_intervals
+        ),
     )
     result = run_eval(
         find_clips(args.clips, split),
@@ -386,6 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="Q",
         help="gracecodec key-frame qualities (default: 20 40 60)",
+    )
+    v.add_argument(
+        "--keyframe-intervals",
+        type=_int_range(0, 10**6),
+        nargs="+",
+        metavar="N",
+        help="gracecodec forced key-frame intervals, 0 = none (default: 0 125)",
     )
 
     bc = add("bench", cmd_bench, "encode and decode clips of ../shared/data: rate and speed table")

@@ -419,6 +419,8 @@ def default_command(
         argv += ["--qps", *map(str, config.qps)]
     if config.key_qualities != base.key_qualities:
         argv += ["--key-qualities", *map(str, config.key_qualities)]
+    if config.keyframe_intervals != base.keyframe_intervals:
+        argv += ["--keyframe-intervals", *map(str, config.keyframe_intervals)]
     return shlex.join(argv)
 
 
