@@ -492,7 +492,12 @@ def _float_range(lo: float, hi: float):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)  # exits 2 on usage errors
+    # `train` hands its own options to the trainer; every other command parses strictly.
+    args, extra = parser.parse_known_args(argv)  # exits 2 on usage errors
+    if args.command == "train":
+        args.train_args = args.train_args + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except GraceError as e:
