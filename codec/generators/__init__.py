@@ -49,12 +49,13 @@ MODEL_BACKENDS: dict[str, str] = {
 
 
 def default_model() -> tuple[str, bytes]:
-    """The model a new stream names: the shipped learned generator when its weights are in
-    the package, else the weight-free `warp`. Reads only the sidecar JSON (no torch)."""
+    """The model a new stream names: the shipped learned generator when its card marks it
+    the default (it must beat `warp` in `gracecodec eval` first), else the weight-free
+    `warp`. Reads only the sidecar JSON (no torch)."""
     from .torch_backend import model_card
 
     card = model_card("grace-s")
-    if card is None:
+    if card is None or not card.get("default", False):
         return "warp", b""
     return card["arch"], bytes.fromhex(card["digest"])
 

@@ -164,13 +164,14 @@ def export(model: GraceS, path: Path, extra: dict | None = None) -> bytes:
     return digest
 
 
-def ship(checkpoint: Path, assets: Path) -> str:
+def ship(checkpoint: Path, assets: Path, default: bool = False) -> str:
     """Copies an exported checkpoint into the package with its sidecar JSON (the model card
     the encoder reads to name the model in the stream header without importing torch)."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     name = ckpt["arch"]
     torch.save(ckpt, assets / f"{name}.pt")
     card = {k: ckpt[k] for k in ("arch", "config", "digest", "step", "val") if k in ckpt}
+    card["default"] = default  # new streams name this model only when it is the default
     (assets / f"{name}.json").write_text(json.dumps(card, indent=1) + "\n")
     return f"shipped {name} (digest {ckpt['digest']}, step {ckpt.get('step')}) to {assets}"
 
@@ -260,11 +261,18 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--make-default",
+        action="store_true",
+        help="with --ship: new streams name this model (only once it beats warp in eval)",
+    )
+    p.add_argument(
         "--ship", metavar="CHECKPOINT", help="copy an exported checkpoint into the package and stop"
     )
     args = p.parse_args(argv)
     if args.ship:
-        print(ship(Path(args.ship), Path(__file__).resolve().parents[1] / "assets"))
+        print(
+            ship(Path(args.ship), Path(__file__).resolve().parents[1] / "assets", args.make_default)
+        )
         return
     train(args)
 
