@@ -110,6 +110,14 @@ def default_shape_model() -> ShapeModel:
         return ShapeModel.load(path)
 
 
+def mean_face(size: int = 256) -> np.ndarray:
+    """float32 (68, 2): the shipped model's mean face at its typical scale, centred in a
+    size x size crop (a neutral pose for triangulations and synthetic test scenes)."""
+    model = default_shape_model()
+    pts = model.mean.reshape(68, 2) * model.scale0 * size / 256 + size / 2
+    return pts.astype(np.float32)
+
+
 def similarity_normalise(landmarks: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Splits landmarks into a similarity pose and a normalised shape.
 

@@ -60,7 +60,9 @@ def main(argv=None) -> None:
     r = np.mean(rows, axis=0)
     print(f"{len(pairs)} distinct val pairs of {args.data}, 256x256, shipped grace-s weights")
     print(f"PSNR int8 vs torch: {r[0]:.2f} dB")
-    print(f"PSNR vs target:     torch {r[1]:.3f} dB, int8 {r[2]:.3f} dB (cost {r[1] - r[2]:+.3f} dB)")
+    print(
+        f"PSNR vs target:     torch {r[1]:.3f} dB, int8 {r[2]:.3f} dB (cost {r[1] - r[2]:+.3f} dB)"
+    )
     print(f"MS-SSIM vs target:  torch {r[3]:.4f}, int8 {r[4]:.4f} (cost {r[3] - r[4]:+.4f})")
 
 

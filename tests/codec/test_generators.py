@@ -6,13 +6,11 @@ import pytest
 from codec.errors import GraceError
 from codec.generators import backend_names, make_generator
 from codec.generators.flow import similarity_fit
-from codec.motion import default_shape_model
+from codec.motion import mean_face
 
 
-def face_landmarks(scale: float = 1.0, shift=(0.0, 0.0)) -> np.ndarray:
-    model = default_shape_model()
-    pts = model.mean.reshape(68, 2) * model.scale0 * scale + 128 + np.array(shift)
-    return pts.astype(np.float32)
+def face_landmarks(shift=(0.0, 0.0)) -> np.ndarray:
+    return mean_face(256) + np.float32(shift)
 
 
 def textured_image() -> np.ndarray:

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from codec.errors import BackendUnavailableError, InputError, ModelMismatchError  # noqa: E402
 from codec.generators import backend_names, make_generator  # noqa: E402
 from codec.models.grace_s import GraceS, GraceSConfig  # noqa: E402
-from codec.motion import default_shape_model  # noqa: E402
+from codec.motion import mean_face  # noqa: E402
 from codec.training.train import export  # noqa: E402
 from decoder_fpga import backends  # noqa: E402
 from decoder_fpga import quantize as Q  # noqa: E402
@@ -53,11 +53,10 @@ def checkpoint(tmp_path_factory, model):
 
 
 def face(shift=(0.0, 0.0), mouth=0.0) -> np.ndarray:
-    sm = default_shape_model()
     k = SIZE / 256
-    pts = sm.mean.reshape(68, 2) * sm.scale0 * k + SIZE / 2 + np.array(shift) * k
+    pts = mean_face(SIZE) + np.float32(np.array(shift) * k)
     pts[57:60, 1] += mouth * k
-    return pts.astype(np.float32)
+    return pts
 
 
 def key_frame(seed: int) -> np.ndarray:

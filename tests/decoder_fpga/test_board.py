@@ -19,7 +19,7 @@ if shutil.which("g++") is None or shutil.which("make") is None:
 from codec.errors import BackendUnavailableError, DeviceError, ModelMismatchError  # noqa: E402
 from codec.generators import backend_names, make_generator  # noqa: E402
 from codec.models.grace_s import GraceS, GraceSConfig  # noqa: E402
-from codec.motion import default_shape_model  # noqa: E402
+from codec.motion import mean_face  # noqa: E402
 from decoder_fpga import int8_ref as ref  # noqa: E402
 from decoder_fpga import quantize as Q  # noqa: E402
 from decoder_fpga import regmap as R  # noqa: E402
@@ -45,11 +45,10 @@ def program():
 
 
 def face(shift=(0.0, 0.0), mouth=0.0) -> np.ndarray:
-    sm = default_shape_model()
     k = SIZE / 256
-    pts = sm.mean.reshape(68, 2) * sm.scale0 * k + SIZE / 2 + np.array(shift) * k
+    pts = mean_face(SIZE) + np.float32(np.array(shift) * k)
     pts[57:60, 1] += mouth * k
-    return pts.astype(np.float32)
+    return pts
 
 
 def key_frame(seed: int) -> np.ndarray:

@@ -9,15 +9,14 @@ from codec.errors import ModelMismatchError  # noqa: E402
 from codec.generators import make_generator  # noqa: E402
 from codec.generators.torch_backend import TorchGenerator  # noqa: E402
 from codec.models.grace_s import GraceS, GraceSConfig, count_macs  # noqa: E402
-from codec.motion import default_shape_model  # noqa: E402
+from codec.motion import mean_face  # noqa: E402
 from codec.training.train import export  # noqa: E402
 
 
 def face(shift=(0.0, 0.0), open_mouth=0.0) -> np.ndarray:
-    m = default_shape_model()
-    pts = m.mean.reshape(68, 2) * m.scale0 + 128 + np.array(shift)
+    pts = mean_face(256) + np.float32(shift)
     pts[57:60, 1] += open_mouth
-    return pts.astype(np.float32)
+    return pts
 
 
 def test_budget():
