@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import GraceError, InputError
+from .generators import backend_names
 
 
 def _progress(iterable, quiet: bool, total: int | None, desc: str):
@@ -161,6 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         keyframe_intervals=(
             tuple(args.keyframe_intervals) if args.keyframe_intervals else config.keyframe_intervals
         ),
+        backends=tuple(args.backends) if args.backends else config.backends,
     )
     result = run_eval(
         find_clips(args.clips, split),
@@ -397,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="gracecodec forced key-frame intervals, 0 = none (default: 0 125)",
     )
+    v.add_argument(
+        "--backends",
+        nargs="+",
+        metavar="NAME",
+        choices=backend_names(),
+        help="gracecodec generator backends to run (default: warp torch; csim is the int8 "
+        "arithmetic at C speed)",
+    )
 
     bc = add("bench", cmd_bench, "encode and decode clips of ../shared/data: rate and speed table")
     bc.add_argument("--data", default=default_data, help="data folder with manifest.csv")
@@ -492,12 +502,14 @@ def _float_range(lo: float, hi: float):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # `train` hands its own options to the trainer; every other command parses strictly.
-    args, extra = parser.parse_known_args(argv)  # exits 2 on usage errors
-    if args.command == "train":
-        args.train_args = args.train_args + extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `train` hands its options, in order, to the trainer's own parser; every other
+    # command parses strictly (exits 2 on usage errors).
+    if argv[:1] == ["train"]:
+        args = parser.parse_args(["train"])
+        args.train_args = argv[1:]
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
     except GraceError as e:

@@ -421,6 +421,8 @@ def default_command(
         argv += ["--key-qualities", *map(str, config.key_qualities)]
     if config.keyframe_intervals != base.keyframe_intervals:
         argv += ["--keyframe-intervals", *map(str, config.keyframe_intervals)]
+    if config.backends != base.backends and config.backends:
+        argv += ["--backends", *config.backends]
     return shlex.join(argv)
 
 

@@ -4,7 +4,8 @@
 
 Pairs (source, driving) come from the same clip and crop segment; the source plays the
 key frame (JPEG-compressed at a random quality, as a key frame codec would), both carry
-the landmarks the receiver decodes. Loss: L1 + (1 - MS-SSIM), no pretrained network.
+the landmarks the receiver decodes. Loss: L1 + (1 - MS-SSIM) + L1 on the facial features
++ multi-scale gradient L1 (see `loss_fn`); no pretrained network.
 Every `--eval-every` steps: a checkpoint (model, optimiser, step, RNG), validation PSNR
 of the model and of the plain warp on fixed val pairs, and a PNG of samples.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..generators.flow import landmark_heatmaps, network_inputs
 from ..models import weights_digest
@@ -89,18 +91,58 @@ def batch(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     return out
 
 
+def face_weight_map(target_heat: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, G, S/4, S/4) target landmark heatmaps -> (B, 1, S, S) in [0, 1]: near 1 on the
+    eyes, brows, nose, lips and jaw line, where the landmark detector (AKD) and the
+    identity descriptor (AED) look, and 0 on the background."""
+    face = target_heat.amax(1, keepdim=True)
+    return F.interpolate(face, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def gradient_l1(out: torch.Tensor, target: torch.Tensor, scales: int = 3) -> torch.Tensor:
+    """Mean L1 between horizontal and vertical differences at 1, 1/2, 1/4 scale: the
+    edges that a pixel loss lets blur away (a sharpness term that needs no pretrained net)."""
+    total = out.new_zeros(())
+    for s in range(scales):
+        if s:
+            out, target = F.avg_pool2d(out, 2), F.avg_pool2d(target, 2)
+        for dim in (2, 3):
+            total = total + (out.diff(dim=dim) - target.diff(dim=dim)).abs().mean()
+    return total / (2 * scales)
+
+
 def loss_fn(
-    out: torch.Tensor, target: torch.Tensor, l1_weight: float = 4.0
+    out: torch.Tensor,
+    target: torch.Tensor,
+    l1_weight: float = 4.0,
+    face: torch.Tensor | None = None,
+    face_weight: float = 0.0,
+    grad_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """l1_weight * L1 + 0.5 * (1 - MS-SSIM). MS-SSIM alone barely sees colour and
-    brightness drift (its luminance term acts only at the coarsest scale): L1 holds them."""
+    """l1_weight * L1 + 0.5 * (1 - MS-SSIM) [+ face-weighted L1] [+ gradient L1].
+
+    MS-SSIM alone barely sees colour and brightness drift (its luminance term acts only at
+    the coarsest scale): L1 holds them. `face` (B, 1, H, W) in [0, 1] from
+    `face_weight_map` adds l1_weight * face_weight times the L1 averaged over the facial
+    features, so an error there costs more than the same error on the background.
+    """
     from pytorch_msssim import ms_ssim
 
     out = out.clamp(0, 1)
-    l1 = (out - target).abs().mean()
+    err = (out - target).abs()
+    l1 = err.mean()
     msssim = ms_ssim(out, target, data_range=1.0, size_average=True)
     loss = l1_weight * l1 + 0.5 * (1 - msssim)
-    return loss, {"l1": l1.item(), "ms_ssim": msssim.item()}
+    parts = {"l1": l1.item(), "ms_ssim": msssim.item()}
+    if face is not None and face_weight:
+        face_l1 = (err * face).sum() / (face.sum() * err.shape[1]).clamp(min=1.0)
+        loss = loss + l1_weight * face_weight * face_l1
+        parts["face_l1"] = face_l1.item()
+    if grad_weight:
+        g = gradient_l1(out, target)
+        loss = loss + grad_weight * g
+        parts["grad_l1"] = g.item()
+    return loss, parts
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -209,7 +251,10 @@ def train(args: argparse.Namespace) -> None:
         b = batch([data.sample(*data.pair(rng), rng, args.size) for _ in range(args.batch)])
         feats = model.encode_reference(b["ref"])
         out = model.render(b["ref"], feats, b["grid"], b["target_heat"], b["ref_heat"])
-        loss, parts = loss_fn(out, b["target"], args.l1_weight)
+        face = face_weight_map(b["target_heat"], args.size) if args.face_weight else None
+        loss, parts = loss_fn(
+            out, b["target"], args.l1_weight, face, args.face_weight, args.grad_weight
+        )
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -219,7 +264,7 @@ def train(args: argparse.Namespace) -> None:
         if step % 25 == 0:
             rec = {
                 "step": step,
-                "loss": float(loss),
+                "loss": loss.item(),
                 **parts,
                 "s_per_step": (time.time() - t0) / seen,
             }
@@ -247,13 +292,17 @@ def train(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="gracecodec train", description=__doc__.split("\n")[0])
     p.add_argument("--data", default="cache/train_data")
     p.add_argument("--run", default="runs/grace-s")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--l1-weight", type=float, default=4.0)
+    p.add_argument(
+        "--face-weight", type=float, default=1.0, help="extra L1 weight on facial features"
+    )
+    p.add_argument("--grad-weight", type=float, default=4.0, help="weight of the gradient L1")
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=10**9)
     p.add_argument("--eval-every", type=int, default=250)
