@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from decoder_fpga.replay import DEFAULT_THRESHOLD_PX as DEFAULT_REPLAY_PX
+
 from .errors import GraceError, InputError
 from .generators import backend_names
 
@@ -49,6 +51,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         args.input,
         args.output,
         backend=args.backend,
+        replay_px=args.replay,
         progress=lambda it, total: _progress(it, args.quiet, total, "decode"),
     )
     if not args.quiet:
@@ -318,6 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         default=None,
         help="generator backend (default: the one the stream's model names)",
+    )
+    d.add_argument(
+        "--replay",
+        type=float,
+        nargs="?",
+        const=DEFAULT_REPLAY_PX,
+        metavar="PX",
+        help="temporal replay: reuse 32-px tiles whose motion is below PX pixels "
+        f"(PX defaults to {DEFAULT_REPLAY_PX}, measured to cost <= 0.1 dB)",
     )
 
     i = add("info", cmd_info, "print an .agc stream's header, packets and rate breakdown")

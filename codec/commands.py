@@ -45,10 +45,18 @@ class DecodeStats:
     frames: int = 0
     seconds: float = 0.0
     backend: str = ""
+    replay: object = None  # decoder_fpga.replay.ReplayStats when decoding with --replay
 
     def summary(self) -> str:
         speed = self.frames / self.seconds if self.seconds else 0.0
-        return f"decoded {self.frames} frames with backend {self.backend!r}, {speed:.1f} frames/s"
+        text = f"decoded {self.frames} frames with backend {self.backend!r}, {speed:.1f} frames/s"
+        if self.replay is not None:
+            r = self.replay
+            text += (
+                f"; replay: {100 * r.tile_fraction:.1f} % of tiles reused, "
+                f"{r.frames_skipped} frames not rendered"
+            )
+        return text
 
 
 def encode_file(
@@ -123,18 +131,34 @@ def _stream_model(model: str | None) -> tuple[str, bytes]:
 
 
 def decode_file(
-    input_path, output_path, *, backend: str | None = None, progress: Progress = _no_progress
+    input_path,
+    output_path,
+    *,
+    backend: str | None = None,
+    replay_px: float | None = None,
+    progress: Progress = _no_progress,
 ) -> DecodeStats:
-    """Decodes an .agc file into a video file; the output appears only on success."""
+    """Decodes an .agc file into a video file; the output appears only on success.
+
+    replay_px: temporal replay (decoder_fpga.replay): reuse the cached 32-px tiles whose
+    landmark motion since they were computed is below this many pixels; None: off.
+    """
     from .decoder import Decoder
     from .video import VideoWriter
 
     check_writable(output_path)
+    if replay_px is not None and not 0 <= replay_px <= 64:
+        raise InputError(f"replay threshold {replay_px} px is outside [0, 64]")
     with _open_stream(input_path) as f:
         reader = AgcReader(f)
         header = reader.header
         decoder = Decoder(header, backend)
         stats = DecodeStats(backend=decoder.backend)
+        if replay_px is not None:
+            from decoder_fpga.replay import ReplayGenerator
+
+            decoder.generator = ReplayGenerator(decoder.generator, replay_px)
+            stats.replay = decoder.generator.stats
         start = time.perf_counter()
         with VideoWriter(output_path, header.fps, header.width, header.height) as out:
             for packet in progress(reader, header.frame_count or None):

@@ -296,3 +296,22 @@ def test_model_choice(example_clip, tmp_path, capsys):
             ["encode", str(example_clip), str(tmp_path / "g.agc"), "--model", "grace-s"], capsys
         )
         assert "no weights" in line
+
+
+def test_decode_with_replay(encoded, tmp_path, capsys):
+    """--replay reuses unchanged tiles: at threshold 0 nothing is reused and the frames equal
+    a plain decode; at the default some tiles are reused; a bad threshold is one error."""
+    plain, zero, default = (tmp_path / f"{n}.mkv" for n in ("plain", "zero", "default"))
+    assert main(["decode", str(encoded), str(plain), "--quiet"]) == 0
+    assert main(["decode", str(encoded), str(zero), "--replay", "0", "--quiet"]) == 0
+    for a, b in zip(read_frames(plain), read_frames(zero), strict=True):
+        np.testing.assert_array_equal(a, b)
+    capsys.readouterr()
+    assert main(["decode", str(encoded), str(default), "--replay"]) == 0
+    summary = capsys.readouterr().out
+    reused = float(re.search(r"replay: ([\d.]+) % of tiles reused", summary).group(1))
+    assert 0 < reused < 100
+    assert len(list(read_frames(default))) == len(list(read_frames(plain)))
+    bad = tmp_path / "bad.mkv"
+    err = run_fails(["decode", str(encoded), str(bad), "--replay", "-1"], capsys)
+    assert "replay threshold" in err and not bad.exists()
