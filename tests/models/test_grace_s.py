@@ -59,3 +59,26 @@ def test_digest_is_checked(tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(ModelMismatchError, match="digest"):
         TorchGenerator(checkpoint=path)
+
+
+def test_shipped_model_is_within_budget_and_consistent():
+    """The shipped card's config meets the budget; the weights load strictly and match the
+    card's digest, and the int8 program shipped next to them was compiled from them."""
+    import json
+
+    from codec.generators.torch_backend import load_model, model_card, model_path
+
+    card = model_card("grace-s")
+    if card is None:
+        pytest.skip("no shipped grace-s weights")
+    config = GraceSConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in card["config"].items()}
+    )
+    macs = count_macs(GraceS(config))
+    macs.pop("reference")
+    assert sum(macs.values()) <= 2e9
+    model = load_model(model_path("grace-s"), bytes.fromhex(card["digest"]))
+    assert sum(p.numel() for p in model.parameters()) <= 4e6
+    assert model_path("grace-s").stat().st_size <= 20e6
+    program = json.loads((model_path("grace-s").with_suffix(".int8") / "program.json").read_text())
+    assert program["digest"] == card["digest"]
