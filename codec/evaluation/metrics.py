@@ -17,6 +17,10 @@ AED        Euclidean distance between the dlib ResNet 128-d face         lower
 LPIPS      ``lpips`` (AlexNet), only if the package and its weights are  lower
            already on disk (never downloaded)
 DISTS      ``DISTS_pytorch``, same condition                             lower
+AKD-FA     AKD with an independent detector: face_alignment (S3FD box    lower (px)
+           on the original, 2D-FAN landmarks of both frames in it), only
+           if its weights are already in the torch hub cache. The codec
+           tracks with dlib, so dlib's AKD judges it kindly; FAN does not
 =========  ============================================================  ==================
 
 A frame whose original has no face the detector finds gets no AKD/AED (NaN); clip means
@@ -48,6 +52,7 @@ HIGHER_IS_BETTER = {
     "aed": False,
     "lpips": False,
     "dists": False,
+    "akd_fa": False,
 }
 LABELS = {
     "psnr": "PSNR (dB)",
@@ -57,6 +62,7 @@ LABELS = {
     "aed": "AED",
     "lpips": "LPIPS",
     "dists": "DISTS",
+    "akd_fa": "AKD-FA (px)",
 }
 CORE_METRICS = ("psnr", "ssim", "ms_ssim", "akd", "aed")
 
@@ -273,14 +279,39 @@ def _dists() -> BatchMetric:
     return run
 
 
-def optional_metrics() -> tuple[dict[str, BatchMetric], list[str]]:
-    """LPIPS / DISTS batch functions whose weights are already local, and notes for the rest.
+def akd_independent(detector) -> BatchMetric:
+    """AKD measured by another landmark detector (`encoder.landmarks` interface: `detect`,
+    `landmarks_in_box`): its largest face box on the original, both frames' landmarks
+    fitted in that box; NaN for a frame whose original has no face it finds."""
 
-    The torchvision backbones are only used when their checkpoints are in the torch hub
-    cache, so nothing is ever downloaded.
+    def run(originals: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+        out = np.full(len(originals), math.nan)
+        for i, (a, b) in enumerate(zip(originals, decoded)):
+            faces = detector.detect(a)
+            if faces:
+                box = max(faces, key=lambda f: f.area).box
+                pa, pb = detector.landmarks_in_box(a, box), detector.landmarks_in_box(b, box)
+                out[i] = float(np.linalg.norm(pa - pb, axis=1).mean())
+        return out
+
+    return run
+
+
+def optional_metrics() -> tuple[dict[str, BatchMetric], list[str]]:
+    """LPIPS / DISTS / AKD-FA batch functions whose weights are already local, and notes for
+    the rest.
+
+    The torchvision backbones and face_alignment are only used when their checkpoints are
+    in the torch hub cache, so nothing is ever downloaded.
     """
     found: dict[str, BatchMetric] = {}
     notes: list[str] = []
+    from encoder.landmarks import FaceAlignmentDetector
+
+    try:
+        found["akd_fa"] = akd_independent(FaceAlignmentDetector())
+    except BackendUnavailableError as e:
+        notes.append(f"AKD-FA (independent detector) skipped: {e}")
     wanted = {
         # name: (module, package weight file, torchvision checkpoint, factory)
         "lpips": ("lpips", ("weights", "v0.1", "alex.pth"), "alexnet-owt-7be5be79.pth", _lpips),

@@ -718,6 +718,7 @@ def _markdown(result: dict, plots: list[str], strip: bool) -> str:
         "|---|---|" + "---:|" * (len(metrics) + 4),
     ]
     digits = {"psnr": 2, "ssim": 4, "ms_ssim": 4, "akd": 2, "aed": 3, "lpips": 4, "dists": 4}
+    digits["akd_fa"] = 2
     for s in sorted(result["summary"], key=lambda s: (s["curve"], s["kbps"])):
         lines.append(
             f"| {s['codec']} | {s['operating_point']} | {_fmt(s['kbps'], 2)} | "

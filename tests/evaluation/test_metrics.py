@@ -115,6 +115,23 @@ def test_clip_scores_checks_alignment(astronaut):
 
 def test_optional_metrics_never_download():
     found, notes = metrics.optional_metrics()
-    # Each of LPIPS / DISTS is either usable from local weights or skipped with a note.
-    assert len(found) + len(notes) == 2
+    # Each of LPIPS / DISTS / AKD-FA is either usable from local weights or skipped with a note.
+    assert len(found) + len(notes) == 3
     assert all("skipped" in n for n in notes)
+    if "akd_fa" not in found:  # the note says which files to put where
+        assert any(n.startswith("AKD-FA") and "checkpoints" in n for n in notes)
+
+
+def test_independent_akd_runs_any_detector(astronaut):
+    """akd_independent works over the detector interface (here dlib stands in for
+    face_alignment, whose weights cannot be fetched here): 0 for the same frame, more
+    for a moved face, NaN where the original has no face."""
+    from encoder.landmarks import DlibDetector
+
+    run = metrics.akd_independent(DlibDetector())
+    moved = np.roll(astronaut, 6, axis=1)
+    blank = np.zeros_like(astronaut)
+    out = run(np.stack([astronaut, astronaut, blank]), np.stack([astronaut, moved, blank]))
+    assert out[0] == pytest.approx(0.0, abs=1e-6)
+    assert out[1] > 2.0
+    assert math.isnan(out[2])
