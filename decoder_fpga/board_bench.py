@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256, help="shape program size (no --program)")
     p.add_argument("--program", help="a compiled program folder")
     p.add_argument("--checkpoint", help="a float checkpoint (quantised and cached once)")
-    p.add_argument("--arm-factor", type=float, default=10.0,
+    p.add_argument("--arm-factor", type=float, default=perf.A.arm_factor,
                    help="assumed Cortex-A9 / this host slow-down of the ARM ops (modelled)")  # fmt: skip
     args = p.parse_args(argv)
     try:

@@ -26,7 +26,7 @@ from . import int8_ref as ref
 
 HW_DIR = Path(__file__).resolve().parents[1] / "hw"
 LIB_PATH = HW_DIR / "build" / "libgrace_hw.so"
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _lock = threading.Lock()  # the engines keep static buffers: one call at a time
 _lib: ctypes.CDLL | None = None

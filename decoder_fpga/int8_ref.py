@@ -12,7 +12,9 @@ Activations
     (the -128 code is reachable by saturation; `activation_scale` picks s = max|x| / 127).
 Weights
     int8, symmetric, zero point 0, one scale per output channel: real = q * s_w[co].
-    Range [-127, 127] (`quantize_weights`).
+    Range [-127, 127] (`quantize_weights`); the conv engine rejects -128 (BAD_WEIGHT): its
+    DSP48E1s take two weights per multiplier, w_lo + w_hi * 2**17, which must fit the
+    25-bit multiplier port (|w| <= 127 does, -128 with a negative partner does not).
 Bias
     int32 with scale s_in * s_w[co]; |bias| <= 2**30 (`quantize_bias` clamps, the engines
     reject larger values).
@@ -119,6 +121,7 @@ class EngineStatus(enum.IntEnum):
     BAD_REQUANT = 10
     BAD_BIAS = 11
     BAD_FLAG = 12
+    BAD_WEIGHT = 13
 
 
 STATUS_TEXT = {
@@ -137,6 +140,7 @@ STATUS_TEXT = {
     ),
     EngineStatus.BAD_BIAS: "bias out of range (|bias| <= 2^30)",
     EngineStatus.BAD_FLAG: "a flag is not 0 or 1",
+    EngineStatus.BAD_WEIGHT: "a weight of -128 (the packed DSP multipliers take [-127, 127])",
 }
 
 
@@ -151,14 +155,14 @@ def _fail(status: EngineStatus, detail: str = "") -> UnsupportedConfigError:
 
 @dataclasses.dataclass(frozen=True)
 class ConvLimits:
-    pe_co: int = 16  # PE array rows: output channels per cycle (dense)
+    pe_co: int = 32  # PE array rows: output channels per cycle (dense; 2 per DSP48E1)
     pe_ci: int = 8  # PE array columns: input channels per cycle (dense) / channels (dw)
     max_ch: int = 1024  # cin, cout
     max_h: int = 1024  # input height
     max_w: int = 256  # input width (line/tile buffer width)
     max_w_out: int = 256  # output width (output tile buffer)
     in_buf_bytes: int = 65536  # one half of the double-buffered input tile
-    w_bank_bytes: int = 8192  # each of the 16 weight banks (one per PE row)
+    w_bank_bytes: int = 4096  # each of the 32 weight banks (one per PE row)
     out_tile_pix: int = 1024  # tile_rows * w_out per channel in the output tile
     max_tile_rows: int = 16
 
@@ -171,6 +175,7 @@ class GridLimits:
     max_h_out: int = 1024
     max_w_out: int = 1024
     bank_bytes: int = 16384  # each of the 4 parity banks of one half of the plane buffer
+    # (a bank row holds ceil(w / 8) 32-bit words: 4 same-parity columns each)
     max_planes: int = 64  # planes sampled per pass
 
 
@@ -193,6 +198,11 @@ def conv_out_size(n: int, k: int, stride: int, upsample: bool) -> int:
     """Output height/width for input size n (before upsample)."""
     v = 2 * n if upsample else n
     return (v + 2 * (k // 2) - k) // stride + 1
+
+
+def padded_width(w: int) -> int:
+    """Bytes one input row takes in the conv engine's input buffer: whole 64-bit words."""
+    return 8 * _ceil_div(w, 8)
 
 
 def conv_tile_input_rows(tile_rows: int, k: int, stride: int, upsample: bool, h: int) -> int:
@@ -256,12 +266,15 @@ def check_conv(
 
     def fits(tr: int) -> bool:
         rows = conv_tile_input_rows(tr, k, stride, bool(upsample), h)
-        return ci_pad * rows * w <= limits.in_buf_bytes and tr * wo <= limits.out_tile_pix
+        return ci_pad * rows * padded_width(w) <= limits.in_buf_bytes and (
+            tr * wo <= limits.out_tile_pix
+        )
 
     if not fits(1):
         raise _fail(
             EngineStatus.TILE_TOO_BIG,
-            f"cin={cin} w={w}: {ci_pad * conv_tile_input_rows(1, k, stride, bool(upsample), h) * w}"
+            f"cin={cin} w={w}: "
+            f"{ci_pad * conv_tile_input_rows(1, k, stride, bool(upsample), h) * padded_width(w)}"
             f" bytes > {limits.in_buf_bytes}",
         )
     if tile_rows == 0:
@@ -293,7 +306,7 @@ def check_grid_sample(
             f"in {h}x{w} (max {limits.max_h}x{limits.max_w}), out {ho}x{wo} "
             f"(max {limits.max_h_out}x{limits.max_w_out})",
         )
-    per_plane = _ceil_div(h, 2) * _ceil_div(w, 2)
+    per_plane = _ceil_div(h, 2) * padded_width(w) // 2  # bytes of one parity bank
     return min(c, limits.max_planes, limits.bank_bytes // per_plane)
 
 
@@ -396,6 +409,8 @@ def conv2d_int8(
                 EngineStatus.BAD_REQUANT,
                 f"with a residual S and res_S must be >= {RES_GUARD_BITS + 1}",
             )
+    if w.size and int(w.min()) < -127:  # checked last, as the engine loads the weights last
+        raise _fail(EngineStatus.BAD_WEIGHT)
 
     xv = x.astype(np.float64)
     if upsample:

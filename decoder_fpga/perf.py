@@ -3,39 +3,57 @@
     python -m decoder_fpga.perf                       # grace-s at 256x256 (shapes only)
     python -m decoder_fpga.perf --program DIR         # a compiled program (program.json)
     python -m decoder_fpga.perf --measure 3           # + int8 / csim frames/s on this machine
+    python -m decoder_fpga.perf --no-arm              # skip timing the ARM ops here
 
 Nothing here was measured on hardware: every figure comes from the loop structure of the
 HLS engines (`hw/conv/conv_engine.cpp`, `hw/gridsample/gridsample_engine.cpp`), their
 sizes (`int8_ref.CONV_LIMITS` / `GRID_LIMITS`, mirrored by `hw/common/grace_hw.h` and
 checked by the csim tests) and the stated `Assumptions` (pipeline depths, AXI latencies,
-call overhead), which an HLS schedule report or a board run would replace.
+call overhead, the ARM slow-down), which an HLS schedule report or a board run would
+replace.
 
-Cycle model per engine invocation (one step of the program), following the C++ loops:
+Cycle model per engine invocation (one step of the program), following the C++ loops.
+Every load/store loop moves one 8-byte beat a cycle (64-bit m_axi); a burst pays one read
+latency (a contiguous run: a channel's tile rows, a plane, a lane's output tile; one per
+row when w is not a multiple of 8, because the rows are then not one run of beats).
 
-conv   params: 3 cycles a channel (II 3); weights: 1 byte a cycle (dense: every lane of
-       ceil(cout/16)*16 x ceil(cin/8)*8 x k*k; depthwise ceil(c/8)*8 x k*k) plus one AXI
-       latency per output channel row. Then the tile loop over row tiles x 16-channel
-       groups, step t = load(t) || compute(t-1) || store(t-2):
-         load     input rows (cot == 0 only): ceil(cin/8)*8 x rows x (w + read latency),
-                  residual: lanes x (rows*wo + read latency)  -- 1 byte a cycle
-         compute  dense: rows x wo x (ceil(cin/8) x k*k + pixel overhead)
-                  (only the (cin group, tap) loop is pipelined: each output pixel pays the
-                  MAC pipeline fill and the 16-lane epilogue);
-                  depthwise: ceil(lanes/8) x rows x (wo x II_dw + row overhead) with
-                  II_dw = ceil(k x stride / 2): the window takes k (or k*stride) words
-                  from the same 8 lane banks a cycle, two BRAM ports each
-         store    lanes x (rows*wo + write latency)
+conv   params: II 2 a channel (12 bytes); weights: per (output channel, 8-channel input
+       group) kk beats into a staging register and kk words into the banks (2 kk cycles),
+       one burst a channel row (depthwise: one burst). Then the tile loop over row tiles x
+       32-channel groups, step t = load(t) || compute(t-1) || store(t-2):
+         load     input: the rows of row tile rt+1 in n_cot chunks of ceil(cin/8)*8 / n_cot
+                  channels, one a step while row tile rt computes, ry_n x ceil(w/8) beats a
+                  channel (gmem0), and the residual of tile t: lanes x ceil(rows*wo/8) beats
+                  (gmem2), in one loop: the longer of the two + a read latency for every
+                  burst of either
+         compute  32 cycles for the group's {bias, M, S}, then
+                  dense: one flattened pipeline (II 1) of (pixel groups + 1) x slots +
+                  depth; a group is P pixels of a row (P = 4 for cout <= 8, 2 for cout
+                  <= 16, else 1: the 32 PE rows as P pixels x 32/P channels), slots =
+                  max(ceil(cin/8) * k*k, ceil(P * lanes / 8)) (MAC slots of the packed
+                  32 x 8 array, or the 8-lane epilogue when that is longer);
+                  depthwise: ceil(lanes/8) x rows x (wo + row overhead) (II 1, the window
+                  fetches staggered over the three rows)
+         store    lanes x ceil(rows*wo/8) beats
        "overlapped" takes the max of the three stages per step (the design intent);
        "serial" their sum (if HLS does not overlap the calls).
-grid   per pass of planes (as many as fit 64 KiB): load planes x h x (w + read latency);
-       per output row: the grid/occlusion row at II = 2 (x, y) or 3 (x, y, occ) -- one
-       m_axi bundle --, then per plane a row of samples (II 1, + pipeline depth) and its
-       store; passes double-buffered (overlapped) or not (serial).
+grid   per pass of planes (as many as fit 64 KiB): load planes x h x ceil(w/8) beats;
+       per output row, software-pipelined: the grid/occlusion row of row i+1 (x, y: wo/4
+       beats each on gmem1, occlusion wo/8 on gmem3, in one loop) || row i sampled for every plane of
+       the pass (2 samplers: ceil(wo/2) cycles + depth a plane, its store of ceil(wo/8)
+       beats overlapping the next plane); passes double-buffered (overlapped) or not.
 Both   + a fixed call overhead (s_axilite writes, start, done interrupt/poll).
 
-Resources are estimated from the same structures (one DSP48E1 per int8 MAC; BRAM by
-partitioned bank, each bank rounded up to BRAM18 halves); LUTs are a coarse itemised
-guess. Energy per pixel = board power x frame time / pixels (2.5 W unless measured).
+ARM    the frame stage's ARM ops (backward map, heatmaps, resizes, sigmoid, Q9.6 and uint8
+       conversions, the output image) timed here with a null engine, x `arm_factor` (an
+       assumed Cortex-A9 / this host slow-down; measure on the board). The frame period
+       of the co-processor schedule is max(engines, ARM) (the ARM works on frames n+1 /
+       n-1 while the engines run frame n), or engines + ARM when not overlapped.
+
+Resources are estimated from the same structures (128 DSP48E1 for 256 int8 MACs, two
+products a DSP; BRAM by partitioned bank, each bank rounded up to BRAM18 halves); LUTs
+are a coarse itemised guess. Energy per pixel = board power x frame time / pixels (2.5 W
+unless measured).
 """
 
 from __future__ import annotations
@@ -58,6 +76,9 @@ GRACE_UJ_PER_PIXEL = 11.7  # GRACE's measured figure on the PYNQ-Z1
 TARGET_FPS = 10.0
 TARGET_UJ_PER_PIXEL = 3.0
 XC7Z020 = {"DSP48E1": 220, "BRAM36": 140, "LUT": 53200}
+BEAT = 8  # bytes per m_axi beat (64-bit data paths)
+EPI_LANES = 8  # conv epilogues a cycle
+GS_SAMPLERS = 2  # grid-sample outputs a cycle (the two ports of each parity bank)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,23 +87,18 @@ class Assumptions:
 
     clock_hz: float = 100e6
     board_power_w: float = 2.5
-    read_latency: int = 24  # cycles: AXI HP read latency + loop fill, once per burst row
-    write_latency: int = 8  # cycles: once per written row (posted writes)
-    dense_pixel_overhead: int = 12  # MAC pipeline fill (~6) + 2 epilogue iterations (~6)
-    dw_row_overhead: int = 12  # depthwise window/MAC/epilogue pipeline depth per row
+    read_latency: int = 24  # cycles: AXI HP read latency + loop fill, once per burst
+    write_latency: int = 8  # cycles: once per written burst (posted writes)
+    # dense: lane read 2 + DSP cascade 4 + split/adder tree 3 + epilogue (64-bit product,
+    # round, clamp) 5: the flattened pipeline's depth, paid once a tile
+    dense_pipe_depth: int = 14
+    dw_row_overhead: int = 12  # depthwise: row prologue (6 reads, 3 cycles) + pipeline depth
     gs_row_depth: int = 10  # grid-sample pipeline depth per sampled row
     call_overhead: int = 500  # cycles (5 us) per engine invocation: registers, start, done
-    bram_ports: int = 2  # true dual-port BRAM
-    # Knobs of the engines' structure. The defaults are the engines as written; WHAT_IF
-    # below is a set of changes NOT implemented in hw/ (for planning only).
-    bytes_per_cycle: int = 1  # load/store loops move one int8 a cycle (8-bit m_axi beats)
-    pixel_pipelined: bool = False  # dense: only the (cin group, tap) loop is pipelined
-    dw_ii_one: bool = False  # depthwise window rows share the 8 lane banks (II > 1)
-    grid_ii_one: bool = False  # grid x, grid y (and occ) come through one m_axi bundle
+    arm_factor: float = 10.0  # Cortex-A9 (667 MHz, numpy) / this host: assumed, unmeasured
 
 
 A = Assumptions()
-WHAT_IF = Assumptions(bytes_per_cycle=8, pixel_pipelined=True, dw_ii_one=True, grid_ii_one=True)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -91,6 +107,12 @@ def _cdiv(a: int, b: int) -> int:
 
 # ---------------------------------------------------------------------------------------
 # Cycle models of the two engines
+
+
+def pixel_group(cout: int, pe_co: int = ref.CONV_LIMITS.pe_co) -> int:
+    """Output pixels a dense pass computes at once (conv_engine.cpp pixel_group): the 32 PE
+    rows as 4 pixels x 8 channels (cout <= 8), 2 x 16 (cout <= 16) or 1 x 32."""
+    return 4 if cout <= pe_co // 4 else 2 if cout <= pe_co // 2 else 1
 
 
 def conv_cycles(cfg: dict, a: Assumptions = A, limits: ref.ConvLimits = ref.CONV_LIMITS) -> dict:
@@ -105,38 +127,54 @@ def conv_cycles(cfg: dict, a: Assumptions = A, limits: ref.ConvLimits = ref.CONV
     hv, p, kk = (2 * h if up else h), k // 2, k * k
     cig_n, n_cot, n_rt = _cdiv(cin, pe_ci), _cdiv(cout, pe_co), _cdiv(ho, tr)
     ci_pad = cig_n * pe_ci
-    setup = 3 * n_cot * pe_co
+    wpr = _cdiv(w, BEAT)
+    pix_group = pixel_group(cout, pe_co)
+    setup = 2 * n_cot * pe_co + a.read_latency
     if dw:
-        setup += ci_pad * kk + a.read_latency
+        setup += cig_n * 2 * kk + a.read_latency
         w_bytes = cin * kk
     else:
-        setup += n_cot * pe_co * (ci_pad * kk + a.read_latency)
+        setup += n_cot * pe_co * (cig_n * 2 * kk + a.read_latency)
         w_bytes = cout * cin * kk
-    ii_dw = max(1, _cdiv(k * min(s, k), a.bram_ports)) if k > 1 and not a.dw_ii_one else 1
-    bpc = a.bytes_per_cycle
-    loads, computes, stores = [], [], []
-    in_bytes = 0
+    # per row tile: its input rows, and the bursts of one channel's rows
+    rows_of = []
     for rt in range(n_rt):
         oy0 = rt * tr
         nrows = min(tr, ho - oy0)
         vlo = max(0, oy0 * s - p)
         vhi = min(hv - 1, (oy0 + nrows - 1) * s - p + k - 1)
-        ry_n = ((vhi >> 1) - (vlo >> 1) + 1) if up else (vhi - vlo + 1)
-        in_bytes += cin * ry_n * w
-        for cot in range(n_cot):
-            lanes = min(pe_co, cout - cot * pe_co)
-            ld = ci_pad * ry_n * (_cdiv(w, bpc) + a.read_latency) if cot == 0 else 0
-            if res:
-                ld += lanes * (_cdiv(nrows * wo, bpc) + a.read_latency)
-            if dw:
-                cp = _cdiv(lanes, pe_ci) * nrows * (wo * ii_dw + a.dw_row_overhead)
-            elif a.pixel_pipelined:
-                cp = nrows * (wo * cig_n * kk + a.dense_pixel_overhead)
-            else:
-                cp = nrows * wo * (cig_n * kk + a.dense_pixel_overhead)
-            loads.append(ld)
-            computes.append(cp)
-            stores.append(lanes * (_cdiv(nrows * wo, bpc) + a.write_latency))
+        rows_of.append((nrows, ((vhi >> 1) - (vlo >> 1) + 1) if up else (vhi - vlo + 1)))
+    in_bytes = sum(cin * ry_n * w for _, ry_n in rows_of)
+    chunk = _cdiv(ci_pad, n_cot)
+    loads, computes, stores = [], [], []
+    for t in range(n_rt * n_cot):
+        rt, cot = divmod(t, n_cot)
+        nrows = rows_of[rt][0]
+        npix = nrows * wo
+        lanes = min(pe_co, cout - cot * pe_co)
+        # the input chunk loading at step t (conv_engine.cpp TILE_LOOP): row tile 0 whole
+        # at t = 0, else channels [q * chunk, (q+1) * chunk) of row tile (t-1)//n_cot + 1
+        if t == 0:
+            n_ch, ry_n = ci_pad, rows_of[0][1]
+        else:
+            rt_in, q = (t - 1) // n_cot + 1, (t - 1) % n_cot
+            n_ch = max(0, min(ci_pad, (q + 1) * chunk) - q * chunk) if rt_in < n_rt else 0
+            ry_n = rows_of[rt_in][1] if rt_in < n_rt else 0
+        bursts_in = 1 if w % BEAT == 0 else ry_n
+        # input (gmem0) and residual (gmem2) beats advance in one loop; every burst start
+        # stalls that loop by a read latency
+        beats = max(n_ch * ry_n * wpr, lanes * _cdiv(npix, BEAT) if res else 0)
+        bursts = n_ch * bursts_in + (lanes if res else 0)
+        loads.append(beats + bursts * a.read_latency if beats else 0)
+        cp = pe_co  # the group's {bias, M, S} into registers
+        if dw:
+            cp += _cdiv(lanes, pe_ci) * nrows * (wo + a.dw_row_overhead)
+        else:
+            groups = nrows * _cdiv(wo, pix_group)
+            slots = max(cig_n * kk, _cdiv(pix_group * lanes, EPI_LANES))
+            cp += (groups + 1) * slots + a.dense_pipe_depth
+        computes.append(cp)
+        stores.append(lanes * (_cdiv(npix, BEAT) + a.write_latency))
     n = len(loads)
     overlapped = sum(
         max(loads[t] if t < n else 0, computes[t - 1] if 1 <= t <= n else 0,
@@ -149,7 +187,8 @@ def conv_cycles(cfg: dict, a: Assumptions = A, limits: ref.ConvLimits = ref.CONV
     return {
         "overlapped": setup + overlapped + a.call_overhead,
         "serial": setup + serial + a.call_overhead,
-        "mac_bound": math.ceil(macs / (pe_co * pe_ci)) if not dw else cout * ho * wo // pe_ci,
+        # the PE array's peak: 256 MACs a cycle dense, 8 channels x k*k taps depthwise
+        "mac_bound": math.ceil(macs / (pe_co * pe_ci)) if not dw else _cdiv(cout * ho * wo, pe_ci),
         "macs": macs,
         "ddr_bytes": ddr,
         "compute": sum(computes),
@@ -161,14 +200,21 @@ def grid_cycles(cfg: dict, a: Assumptions = A, limits: ref.GridLimits = ref.GRID
     c, h, w, ho, wo, occ = cfg["c"], cfg["h"], cfg["w"], cfg["ho"], cfg["wo"], cfg["occlusion"]
     np_ = ref.check_grid_sample(c, h, w, ho, wo, occlusion=occ, limits=limits)
     passes = [min(np_, c - c0) for c0 in range(0, c, np_)]
-    ii_grid = 1 if a.grid_ii_one else (3 if occ else 2)
-    bpc = a.bytes_per_cycle
-    loads = [n * h * (_cdiv(w, bpc) + a.read_latency) for n in passes]
-    grid_row = wo * ii_grid + a.read_latency
-    samp = wo + a.gs_row_depth
-    store = _cdiv(wo, bpc) + a.write_latency
+    bursts = 1 if w % BEAT == 0 else h
+    loads = [n * (h * _cdiv(w, BEAT) + bursts * a.read_latency) for n in passes]
+    # x and y rows (gmem1) and the occlusion row (gmem3) in one loop; every burst start
+    # stalls it by a read latency
+    grid_row = (
+        max(2 * _cdiv(wo, 4), _cdiv(wo, BEAT) if occ else 0) + (3 if occ else 2) * a.read_latency
+    )
+    samp = _cdiv(wo, GS_SAMPLERS) + a.gs_row_depth
+    store = _cdiv(wo, BEAT) + a.write_latency
+
+    def rows_over(n: int) -> int:  # sample plane p || store plane p-1
+        return samp + store + (n - 1) * max(samp, store)
+
     serial_s = [ho * (grid_row + n * (samp + store)) for n in passes]
-    over_s = [ho * (grid_row + (n + 1) * max(samp, store)) for n in passes]
+    over_s = [grid_row + ho * max(grid_row, rows_over(n)) for n in passes]
     over = loads[0] + sum(
         max(loads[g + 1] if g + 1 < len(passes) else 0, over_s[g]) for g in range(len(passes))
     )
@@ -177,10 +223,10 @@ def grid_cycles(cfg: dict, a: Assumptions = A, limits: ref.GridLimits = ref.GRID
     return {
         "overlapped": over + a.call_overhead,
         "serial": sum(loads) + sum(serial_s) + a.call_overhead,
-        "mac_bound": c * ho * wo,
+        "mac_bound": _cdiv(c * ho * wo, GS_SAMPLERS),
         "macs": macs,
         "ddr_bytes": ddr,
-        "compute": c * ho * wo,
+        "compute": _cdiv(c * ho * wo, GS_SAMPLERS),
     }
 
 
@@ -188,52 +234,59 @@ def grid_cycles(cfg: dict, a: Assumptions = A, limits: ref.GridLimits = ref.GRID
 # Resources
 
 
+def bram18(depth: int, width: int) -> int:
+    """BRAM18 units of one partitioned bank (0: small enough for registers / LUTRAM)."""
+    if depth * width < 1024:
+        return 0
+    return min(
+        _cdiv(depth, d) * _cdiv(width, wd)
+        for d, wd in ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+    )
+
+
 def resources(conv: ref.ConvLimits = ref.CONV_LIMITS, gs: ref.GridLimits = ref.GRID_LIMITS):
     """DSP48E1 / BRAM36 / LUT estimates of the two engines + the block design. Modelled."""
-    pe = conv.pe_co * conv.pe_ci
-    epi_lanes = conv.pe_ci
+    pairs = conv.pe_co * conv.pe_ci // 2
     dsp = {
-        f"conv PE array {conv.pe_co}x{conv.pe_ci} (1 DSP a int8 MAC)": pe,
-        f"conv epilogue {epi_lanes} lanes (acc*M 4 + r*res_M 2)": epi_lanes * 6,
-        "grid-sample (4 taps, occlusion, requant 4)": 9,
+        f"conv PE array {conv.pe_co}x{conv.pe_ci}: 2 int8 MACs a DSP48E1 (shared activation)": pairs,
+        f"conv epilogue {EPI_LANES} lanes (acc*M 4 + r*res_M 2)": EPI_LANES * 6,
+        f"grid-sample {GS_SAMPLERS} samplers (4 taps, occlusion, requant 4)": GS_SAMPLERS * 9,
     }
-
-    def bram18(depth: int, width: int) -> int:  # one partitioned bank, in BRAM18 units
-        if depth * width < 1024:  # tiny: registers / LUTRAM
-            return 0
-        best = min(
-            _cdiv(depth, d) * _cdiv(width, wd)
-            for d, wd in ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
-        )
-        return best
-
-    half = conv.in_buf_bytes // conv.pe_ci
+    words = 64  # bits of a conv buffer word
+    in_words = conv.in_buf_bytes // conv.pe_ci // 8
+    out_words = conv.out_tile_pix // 8
+    gs_words = gs.bank_bytes // 4
     banks = {
         # name: (banks, depth, width bits)
-        "conv in_buf 2 halves x 8 lanes": (2 * conv.pe_ci, half, 8),
-        "conv w_buf 16 banks (reshaped x8: 64-bit words)": (
-            conv.pe_co, conv.w_bank_bytes // conv.pe_ci, 8 * conv.pe_ci),
-        "conv out_buf 2 x 16 lanes": (2 * conv.pe_co, conv.out_tile_pix, 8),
-        "conv res_buf 2 x 16 lanes": (2 * conv.pe_co, conv.out_tile_pix, 8),
-        "conv bias (cyclic 16)": (16, conv.max_ch // 16, 32),
-        "conv M (cyclic 8)": (8, conv.max_ch // 8, 32),
-        "conv S (cyclic 8)": (8, conv.max_ch // 8, 32),
-        "grid plane_buf 2 halves x 4 parity banks": (8, gs.bank_bytes, 8),
-        "grid gx/gy rows": (2, gs.max_w_out, 16),
-        "grid occ row": (1, gs.max_w_out, 8),
-        "grid out rows (ping-pong)": (2, gs.max_w_out, 8),
+        f"conv in_buf 2 halves x {conv.pe_ci} lanes x {in_words} x 64 bit": (
+            2 * conv.pe_ci, in_words, words),
+        f"conv w_buf {conv.pe_co} banks x {conv.w_bank_bytes // 8} x 64 bit": (
+            conv.pe_co, conv.w_bank_bytes // 8, words),
+        f"conv out_buf 2 halves x {conv.pe_co * out_words} x 64 bit": (
+            2, conv.pe_co * out_words, words),
+        f"conv res_buf 2 halves x {conv.pe_co * out_words} x 64 bit": (
+            2, conv.pe_co * out_words, words),
+        "conv bias/M/S 3 x 1024 x int32 (LUTRAM, see LUT)": (0, conv.max_ch, 32),
+        f"grid plane_buf 2 halves x 4 parity banks x {gs_words} x 32 bit": (8, gs_words, 32),
+        "grid gx/gy rows (ping-pong)": (4, gs.max_w_out, 16),
+        "grid occ rows (ping-pong)": (2, gs.max_w_out, 8),
+        "grid out rows (ping-pong, 64-bit words)": (2, gs.max_w_out // 8, 64),
     }  # fmt: skip
     bram = {k: n * bram18(d, wd) / 2 for k, (n, d, wd) in banks.items()}
     capacity = sum(n * d * wd for n, d, wd in banks.values()) / (36 * 1024 * 8 / 9)
     lut = {
-        "PE adder trees 16 x (8 products -> 32-bit acc)": 16 * 160,
+        "PE array: 32 packed-sum splits + 32 adder trees/accumulators": 32 * 30 + 32 * 80,
         "depthwise adder trees 8 x 9 taps": 8 * 150,
         "epilogues 8 lanes (64-bit round/shift/clamp)": 8 * 250,
-        "input/window muxes and address generation": 3000,
-        "m_axi adapters 6 x ~1.5k": 9000,
+        "bias/M/S tables in LUTRAM (96 Kbit) + read muxes": 2000,
+        "out/res word flush + prefetch registers (32:1 x 64-bit muxes)": 1400,
+        "input byte selects, depthwise window (8 lanes x 9 taps x 16:1)": 2400,
+        "weight staging / transposer": 600,
+        "address generation and counters": 2000,
+        "m_axi adapters 7 x ~1.8k (64-bit)": 12600,
         "s_axilite 2 x ~0.4k": 800,
         "engine control FSMs 2 x ~2.5k": 5000,
-        "grid-sample taps, weights, bank select": 1500,
+        "grid-sample 2 samplers: taps, weights, bank/byte select": 3000,
         "block design: AXI interconnects, interrupt controller, resets": 4500,
     }
     return dsp, bram, lut, capacity
@@ -281,20 +334,73 @@ def _rate(cycles: float, a: Assumptions, s: int) -> dict:
     }
 
 
-def report(program: Program, a: Assumptions = A) -> dict:
-    """Every figure of the model as a dict (all modelled)."""
+class _NullEngines:
+    """Engines that return zeros: the ARM ops alone can be timed on a ProgramRunner."""
+
+    name = "null"
+
+    def conv(self, x, w, params, res, cfg):
+        ho = ref.conv_out_size(cfg["h"], cfg["k"], cfg["stride"], bool(cfg["upsample"]))
+        wo = ref.conv_out_size(cfg["w"], cfg["k"], cfg["stride"], bool(cfg["upsample"]))
+        return np.zeros((cfg["cout"], ho, wo), np.int8)
+
+    def grid_sample(self, x, grid, occ, cfg):
+        return np.zeros((cfg["c"], cfg["ho"], cfg["wo"]), np.int8)
+
+
+def arm_host_ms(program: Program, frames: int = 7) -> dict:
+    """Milliseconds a frame of each frame-stage ARM op on THIS host, with null engines (the
+    ARM ops' cost does not depend on the values): the fastest of `frames` frames, the one
+    least disturbed by other load on the host."""
+    from codec.motion import default_shape_model
+
+    from . import backends
+
+    s = program.size
+    sm = default_shape_model()
+    face = (sm.mean.reshape(68, 2) * sm.scale0 * s / 256 + s / 2).astype(np.float64)
+    rng = np.random.default_rng(0)
+    run = backends.ProgramRunner(program, _NullEngines())
+    img = rng.integers(0, 256, (s, s, 3)).astype(np.uint8)
+    run.run("reference", image=img, landmarks=face)
+    times: dict[str, list[float]] = {}
+    for _ in range(frames):
+        lm = face + rng.normal(0, 1.0, face.shape)
+        for st in program.steps("frame"):
+            if st["op"] != "arm":
+                continue
+            t0 = time.perf_counter()
+            backends.ARM_OPS[st["node"]](run, landmarks=lm)
+            times.setdefault(st["node"], []).append(1e3 * (time.perf_counter() - t0))
+    return {k: float(np.min(v)) for k, v in times.items()}
+
+
+def report(program: Program, a: Assumptions = A, arm_host: dict | None = None) -> dict:
+    """Every figure of the model as a dict (all modelled). arm_host: {ARM op: ms a frame
+    on this host} (`arm_host_ms`) to add the ARM side (x a.arm_factor) to the schedule."""
     frame = step_table(program, "frame", a)
     reference = step_table(program, "reference", a)
     s = program.size
     out = {"label": LABEL, "assumptions": dataclasses.asdict(a), "size": s}
     for key in ("overlapped", "serial", "mac_bound"):
         out[key] = _rate(sum(r[key] for r in frame), a, s)
-    what_if = step_table(program, "frame", WHAT_IF)
-    out["what_if"] = _rate(sum(r["overlapped"] for r in what_if), WHAT_IF, s)
     out["reference_ms"] = 1e3 * sum(r["overlapped"] for r in reference) / a.clock_hz
     out["macs"] = sum(r["macs"] for r in frame)
     out["ddr_bytes"] = sum(r["ddr_bytes"] for r in frame)
     out["ddr_mb_s"] = out["ddr_bytes"] * out["overlapped"]["fps"] / 1e6
+    if arm_host is not None:
+        arm_ms = a.arm_factor * sum(arm_host.values())
+        eng = out["overlapped"]["cycles"]
+        arm_cycles = arm_ms * 1e-3 * a.clock_hz
+        out["arm"] = {
+            "host_ms": dict(arm_host),
+            "factor": a.arm_factor,
+            "ms": arm_ms,
+            "limit": "ARM" if arm_cycles > eng else "engines",
+        }
+        # co-processor schedule: ARM of frames n+1 / n-1 under the engines of frame n
+        out["system"] = _rate(max(eng, arm_cycles), a, s)
+        out["system_serial"] = _rate(eng + arm_cycles, a, s)
     dsp, bram, lut, cap = resources()
     out["dsp"], out["bram36"], out["lut"] = dsp, bram, lut
     out["bram36_capacity_only"] = cap
@@ -399,29 +505,51 @@ def format_report(r: dict, top: int = 12) -> str:
                  f"{r['ddr_bytes'] / 2**20:.1f} MiB DDR traffic "
                  f"({r['ddr_mb_s']:.0f} MB/s at the overlapped rate)")  # fmt: skip
     for key, what in (
-        ("overlapped", "engines overlapped as designed (load || compute || store)"),
-        ("serial", "no overlap inside an engine call"),
-        ("what_if", "what-if: 64-bit data paths, pixel-pipelined (NOT in hw/)"),
-        ("mac_bound", "MAC-bound limit (PE array always busy, no overheads)"),
+        ("overlapped", "engines, load || compute || store overlapped (design intent)"),
+        ("serial", "engines, no overlap inside an engine call"),
+        ("mac_bound", "MAC-bound limit (packed 32x8 array always busy, no overheads)"),
     ):
         x = r[key]
         lines.append(
-            f"  {what:<58} {x['ms']:7.1f} ms  {x['fps']:6.2f} frames/s  "
+            f"  {what:<62} {x['ms']:7.1f} ms  {x['fps']:6.2f} frames/s  "
             f"{x['uj_per_pixel']:6.2f} uJ/pixel  (modelled)"
         )
-    ov = r["overlapped"]
-    lines.append(
-        f"  energy at {r['assumptions']['board_power_w']} W board power: "
-        f"{ov['uj_per_pixel']:.2f} uJ/pixel modelled vs GRACE's {GRACE_UJ_PER_PIXEL} measured "
-        f"({GRACE_UJ_PER_PIXEL / ov['uj_per_pixel']:.1f}x); targets >= {TARGET_FPS:.0f} "
-        f"frames/s: {'met' if ov['fps'] >= TARGET_FPS else 'NOT met'}, <= "
-        f"{TARGET_UJ_PER_PIXEL} uJ/pixel: "
-        f"{'met' if ov['uj_per_pixel'] <= TARGET_UJ_PER_PIXEL else 'NOT met'} (modelled)"
-    )
+    if "arm" in r:
+        arm = r["arm"]
+        host = ", ".join(f"{k} {v:.1f}" for k, v in arm["host_ms"].items())
+        if "board" in arm["host_ms"]:
+            lines.append(f"  ARM ops: {arm['ms']:.1f} ms a frame, as measured on the board (given)")
+        else:
+            lines.append(
+                f"  ARM ops: {sum(arm['host_ms'].values()):.1f} ms a frame on this host ({host}) "
+                f"x {arm['factor']:g} (assumed Cortex-A9 slow-down) = {arm['ms']:.1f} ms "
+                "(modelled)"
+            )
+        for key, what in (
+            ("system", f"with the ARM: period max(engines, ARM), {arm['limit']}-bound"),
+            ("system_serial", "with the ARM, not overlapped: engines + ARM"),
+        ):
+            x = r[key]
+            lines.append(
+                f"  {what:<62} {x['ms']:7.1f} ms  {x['fps']:6.2f} frames/s  "
+                f"{x['uj_per_pixel']:6.2f} uJ/pixel  (modelled)"
+            )
+    for key, title in (("overlapped", "engines alone"), ("system", "with the ARM")):
+        if key not in r:
+            continue
+        ov = r[key]
+        lines.append(
+            f"  targets, {title}: >= {TARGET_FPS:.0f} frames/s "
+            f"{'met' if ov['fps'] >= TARGET_FPS else 'NOT met'}, <= {TARGET_UJ_PER_PIXEL} "
+            f"uJ/pixel at {r['assumptions']['board_power_w']} W "
+            f"{'met' if ov['uj_per_pixel'] <= TARGET_UJ_PER_PIXEL else 'NOT met'} "
+            f"({ov['fps']:.2f} frames/s, {ov['uj_per_pixel']:.2f} uJ/pixel vs GRACE's "
+            f"{GRACE_UJ_PER_PIXEL} measured; modelled)"
+        )
     lines.append(f"  reference stage (per key frame): {r['reference_ms']:.1f} ms (modelled)")
     lines.append(
-        "  ARM-side per frame (not in the cycle count, overlappable with the previous "
-        f"frame's engines except motion_head): {', '.join(r['arm_ops'])}"
+        "  ARM-side ops per frame (not in the engine cycle count; overlappable with the "
+        f"engines of the neighbouring frames): {', '.join(r['arm_ops'])}"
     )
     lines.append("")
     lines.append("resources (modelled estimates, not synthesis reports):")
@@ -456,6 +584,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="also time N frames of the int8 and csim backends here",
     )
+    p.add_argument("--no-arm", action="store_true", help="do not time the ARM ops here")
+    p.add_argument(
+        "--arm-factor",
+        type=float,
+        default=A.arm_factor,
+        help="assumed Cortex-A9 / this host slow-down of the ARM ops (modelled)",
+    )
+    p.add_argument("--arm-ms", type=float, metavar="MS",
+                   help="the ARM ops' time a frame measured on the board (replaces the "
+                        "host time x factor)")  # fmt: skip
     p.add_argument("--json", type=Path, help="write every figure as JSON")
     p.add_argument("--top", type=int, default=12)
     args = p.parse_args(argv)  # fmt: skip
@@ -465,7 +603,12 @@ def main(argv: list[str] | None = None) -> int:
         from codec.models.grace_s import GraceSConfig
 
         program = shape_program(GraceSConfig(size=args.size))
-    r = report(program)
+    a = dataclasses.replace(A, arm_factor=args.arm_factor)
+    if args.arm_ms is not None:
+        arm, a = {"board": args.arm_ms}, dataclasses.replace(A, arm_factor=1.0)
+    else:
+        arm = None if args.no_arm else arm_host_ms(program)
+    r = report(program, a, arm_host=arm)
     print(format_report(r, args.top))
     if args.measure:
         m = measure(program, args.measure)

@@ -24,12 +24,12 @@ A Program is what the board runs, and what the `int8` and `csim` backends run he
   the weight arena) and `cfg` exactly the engine's `s_axilite` configuration struct
   (`grace_conv_cfg_t` / `grace_gs_cfg_t`, tile_rows resolved).
 
-Tiling: a dense conv whose weights overflow a weight bank (`ceil(cout/16) * ceil(cin/8)*8
-* k*k > 8192` bytes) is split along output channels into the fewest parts of multiples of
-16 that fit; row tiling inside a call is the engine's (`tile_rows`, chosen here as the
+Tiling: a dense conv whose weights overflow a weight bank (`ceil(cout/32) * ceil(cin/8)*8
+* k*k > 4096` bytes) is split along output channels into the fewest parts of multiples of
+32 that fit; row tiling inside a call is the engine's (`tile_rows`, chosen here as the
 largest that fits). Everything is checked with `int8_ref.check_conv` /
 `check_grid_sample` (the engines' own checks): a layer the engines cannot take — too wide
-(> 256 px), an input row set over the 64 KiB input buffer, one 16-channel output group
+(> 256 px), an input row set over the 64 KiB input buffer, one 32-channel output group
 whose weights overflow a bank, a requant out of range — raises `CompileError` naming the
 layer; nothing is silently wrong.
 """
@@ -191,7 +191,7 @@ def split_output_channels(
     if depthwise:
         return [(0, cout)]
     ci_pad = -(-cin // limits.pe_ci) * limits.pe_ci
-    per_group = ci_pad * k * k  # bytes a bank per 16-channel output group
+    per_group = ci_pad * k * k  # bytes a bank per pe_co-channel output group
     groups_per_part = limits.w_bank_bytes // per_group
     if groups_per_part < 1:
         raise CompileError(

@@ -161,7 +161,7 @@ def gridsample_map(addr64: bool = ADDR64) -> EngineMap:
         [
             ("x", "gmem0", "int8"),
             ("grid", "gmem1", "int16"),
-            ("occ", "gmem1", "uint8"),
+            ("occ", "gmem3", "uint8"),
             ("y", "gmem2", "int8"),
             ("cfg", "struct", GS_CFG_FIELDS),
         ],

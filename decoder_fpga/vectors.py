@@ -195,6 +195,12 @@ def all_cases() -> dict[str, dict[str, np.ndarray]]:
         "conv_up_dw3.grv": conv_case(8, 8, 8, 3, 4, depthwise=True, upsample=True),
         "conv_saturate_res.grv": conv_case(9, 6, 5, 5, 5, residual=True, extreme=True),
         "conv_saturate_relu.grv": conv_case(10, 7, 4, 4, 6, relu=True, extreme=True),
+        # the packed PE array at the extreme codes: 3 input groups, 2 output groups (P = 1)
+        "conv_pack_extreme.grv": conv_case(11, 24, 34, 5, 5, extreme=True),
+        # 2-pixel groups (cout 12) with stride 2 on an odd width and a residual, saturating
+        "conv_group2_s2_res.grv": conv_case(
+            12, 10, 12, 7, 11, stride=2, residual=True, extreme=True
+        ),
         "gs_occ_borders.grv": gs_case(11, 5, 7, 9, 6, 8, occlusion=True),
         "gs_plain_borders.grv": gs_case(12, 3, 5, 4, 5, 7, occlusion=False),
         "gs_resize_x2.grv": gs_case(13, 2, 4, 4, 8, 8, occlusion=False, resize=True),

@@ -12,7 +12,7 @@
 
 #include <stdint.h>
 
-#define GRACE_HW_ABI_VERSION 1
+#define GRACE_HW_ABI_VERSION 2
 
 // ---- status codes (decoder_fpga.int8_ref.EngineStatus); engines return -code ----------
 enum grace_status {
@@ -29,17 +29,18 @@ enum grace_status {
     GRACE_BAD_REQUANT = 10,
     GRACE_BAD_BIAS = 11,
     GRACE_BAD_FLAG = 12,
+    GRACE_BAD_WEIGHT = 13,
 };
 
 // ---- conv engine limits (int8_ref.ConvLimits) -----------------------------------------
-#define CONV_PE_CO 16          // PE array rows: output channels per cycle (dense)
+#define CONV_PE_CO 32          // PE array rows: output channels per cycle (dense), 2 per DSP
 #define CONV_PE_CI 8           // PE array columns: input channels (dense) / channels (dw)
 #define CONV_MAX_CH 1024
 #define CONV_MAX_H 1024
 #define CONV_MAX_W 256
 #define CONV_MAX_W_OUT 256
 #define CONV_IN_BUF_BYTES 65536  // one half of the double-buffered input tile
-#define CONV_W_BANK_BYTES 8192   // each of the CONV_PE_CO weight banks
+#define CONV_W_BANK_BYTES 4096   // each of the CONV_PE_CO weight banks
 #define CONV_OUT_TILE_PIX 1024   // tile_rows * w_out, per output-channel lane
 #define CONV_MAX_TILE_ROWS 16
 
@@ -58,6 +59,45 @@ enum grace_status {
 #define GRACE_S_MIN 1
 #define GRACE_S_MAX 62
 #define GRACE_RES_GUARD 8  // guard bits of the two terms of a fused residual add
+#define GRACE_W_MIN (-127) // weights: the packed DSP multipliers take [-127, 127]
+
+// ---- 64-bit data words -------------------------------------------------------------------
+// The engines move data as 64-bit words (8 x int8) on chip and 8-byte beats on m_axi.
+typedef uint64_t grace_word_t;
+#define GRACE_WORD_BYTES 8
+
+static inline int8_t grace_byte(grace_word_t v, int32_t i) { return (int8_t)(uint8_t)(v >> (8 * i)); }
+
+static inline grace_word_t grace_set_byte(grace_word_t v, int32_t i, int8_t b) {
+    const grace_word_t m = (grace_word_t)0xff << (8 * i);
+    return (v & ~m) | ((grace_word_t)(uint8_t)b << (8 * i));
+}
+
+static inline int32_t grace_words(int32_t bytes) { return (bytes + GRACE_WORD_BYTES - 1) / GRACE_WORD_BYTES; }
+
+// ---- two int8 products per DSP48E1 ------------------------------------------------------
+// A DSP48E1 multiplies a 25-bit signed operand (the pre-adder D + A) by an 18-bit signed one
+// and accumulates in 48 bits (the P register / the PCOUT->PCIN cascade). Two output
+// channels share the activation a: the pre-adder forms pk = w_lo + w_hi * 2^17 and the
+// multiplier gives a*w_lo + a*w_hi * 2^17. With |w| <= 127, |pk| <= 127 * 2^17 + 127 < 2^24
+// fits the 25-bit port (w = -128 with a negative partner would not: GRACE_BAD_WEIGHT), and
+// a sum of up to GRACE_PACK_SUM such products keeps the low field inside 17 signed bits:
+// 4 * 128 * 127 = 65024 < 2^16. The split takes the low field sign-extended and corrects the
+// high field by its sign bit (floor shift + 1 when the low field is negative). Exact for
+// every operand in range: tb_conv checks it exhaustively, the csim tests at -128/127/-127.
+#define GRACE_PACK_SHIFT 17
+#define GRACE_PACK_SUM 4
+
+static inline int64_t grace_dsp2(int8_t w_lo, int8_t w_hi, int8_t a) {
+    const int32_t pk = (int32_t)w_lo + (int32_t)w_hi * (1 << GRACE_PACK_SHIFT);  // pre-adder, 25 bit
+    return (int64_t)pk * (int64_t)a;                                              // 25 x 18 -> 43 bit
+}
+
+static inline void grace_unpack2(int64_t p, int32_t *lo, int32_t *hi) {
+    const int32_t f = (int32_t)(p & ((1 << GRACE_PACK_SHIFT) - 1));             // low 17 bits
+    *lo = f >= (1 << (GRACE_PACK_SHIFT - 1)) ? f - (1 << GRACE_PACK_SHIFT) : f;  // sign-extended
+    *hi = (int32_t)(p >> GRACE_PACK_SHIFT) + (int32_t)((p >> (GRACE_PACK_SHIFT - 1)) & 1);
+}
 
 // ---- configurations (the s_axilite argument structs) ----------------------------------
 typedef struct {

@@ -11,7 +11,8 @@ int32_t conv_check(const grace_conv_cfg_t *cfg, int32_t *tile_rows);
 
 // The HLS top function. Memory layouts (all little-endian, contiguous):
 //   x      int8  [cin][h][w]
-//   w      int8  dense [cout][cin][k][k], depthwise [c][k][k]
+//   w      int8  dense [cout][cin][k][k], depthwise [c][k][k]; every weight in [-127, 127]
+//                (-128: GRACE_BAD_WEIGHT, the packed DSP multipliers cannot take it)
 //   params int32 [cout][3] = {bias, M, S} per output channel
 //   res    int8  [cout][h_out][w_out] (read only when cfg.residual)
 //   y      int8  [cout][h_out][w_out]

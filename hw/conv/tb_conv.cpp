@@ -3,7 +3,10 @@
 //   1. golden vectors written by decoder_fpga/int8_ref.py (hw/vectors/conv_*.grv, listed
 //      in MANIFEST.sha256): the engine's output equals int8_ref's, for every tile_rows;
 //   2. random configurations against ref_conv below, a direct C++ port of conv2d_int8;
-//   3. rejected configurations return the expected -status and leave y untouched.
+//   3. rejected configurations return the expected -status and leave y untouched;
+//   4. the two-products-per-DSP48E1 packing (grace_dsp2 / grace_unpack2): every single
+//      product of the operand ranges, and every packed sum of GRACE_PACK_SUM products at
+//      the extreme operands, split exactly.
 // Usage: tb_conv [VECTOR_DIR] [N_RANDOM]. Exit status 0 when everything passes.
 #include <stdlib.h>
 
@@ -201,9 +204,75 @@ void rejections() {
     params[3 * 5 + 2] = 30;
     params[3 * 7] = GRACE_BIAS_LIMIT + 1;
     TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), c) == -GRACE_BAD_BIAS, "bias 2^30+1 accepted");
+    params[3 * 7] = 0;
+    w[77] = -128;  // the packed DSPs take [-127, 127]
+    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), c) == -GRACE_BAD_WEIGHT, "weight -128 accepted");
+    c.depthwise = 1;
+    c.cin = c.cout = 8;
+    w[77] = 1;
+    w[71] = -128;  // inside the 8 x 9 depthwise weights
+    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), c) == -GRACE_BAD_WEIGHT, "dw weight -128 accepted");
     bool untouched = true;
     for (int8_t v : y) untouched = untouched && v == 7;
     TB_CHECK(untouched, "a rejected call wrote to y");
+}
+
+// The DSP packing: a * (w_lo + w_hi * 2^17) and its split, against plain products.
+void dsp_packing() {
+    int64_t bad = 0, n = 0;
+    for (int32_t a = -128; a <= 127; ++a)
+        for (int32_t lo = GRACE_W_MIN; lo <= 127; ++lo)
+            for (int32_t hi = GRACE_W_MIN; hi <= 127; ++hi) {
+                const int32_t pk = lo + hi * (1 << GRACE_PACK_SHIFT);
+                int32_t l, h;
+                grace_unpack2(grace_dsp2((int8_t)lo, (int8_t)hi, (int8_t)a), &l, &h);
+                bad += (l != a * lo || h != a * hi || pk < -(1 << 24) || pk >= (1 << 24));
+                ++n;
+            }
+    // Sums of GRACE_PACK_SUM products, every combination of the extreme operands.
+    const int32_t ext_a[] = {-128, 127, -127, 0}, ext_w[] = {-127, 127, 0};
+    int32_t idx[3 * GRACE_PACK_SUM] = {0};
+    for (;;) {
+        int64_t p = 0;
+        int32_t want_lo = 0, want_hi = 0;
+        for (int32_t d = 0; d < GRACE_PACK_SUM; ++d) {
+            const int32_t a = ext_a[idx[3 * d]], lo = ext_w[idx[3 * d + 1]], hi = ext_w[idx[3 * d + 2]];
+            p += grace_dsp2((int8_t)lo, (int8_t)hi, (int8_t)a);
+            want_lo += a * lo;
+            want_hi += a * hi;
+        }
+        int32_t l, h;
+        grace_unpack2(p, &l, &h);
+        bad += (l != want_lo || h != want_hi);
+        ++n;
+        int32_t k = 0;
+        for (; k < 3 * GRACE_PACK_SUM; ++k) {
+            const int32_t lim = (k % 3 == 0) ? 4 : 3;
+            if (++idx[k] < lim) break;
+            idx[k] = 0;
+        }
+        if (k == 3 * GRACE_PACK_SUM) break;
+    }
+    TB_CHECK(bad == 0, "DSP packing: %lld of %lld cases wrong", (long long)bad, (long long)n);
+}
+
+// Extreme operands through the whole engine: x = -128 / 127, w = +-127, many input lanes.
+void extreme_case() {
+    for (int32_t mode = 0; mode < 4; ++mode) {
+        conv_case t;
+        t.cfg = {64, 40, 5, 11, 3, 1, 0, 0, 0, 0, 0, 0, 0};
+        t.ho = 5;
+        t.wo = 11;
+        t.x.assign(64 * 5 * 11, (int8_t)(mode & 1 ? 127 : -128));
+        t.w.assign(40 * 64 * 9, (int8_t)(mode & 2 ? 127 : -127));
+        for (size_t i = 0; i < t.w.size(); i += 3) t.w[i] = (int8_t)-t.w[i];  // mixed signs
+        for (int co = 0; co < 40; ++co) t.params.insert(t.params.end(), {co & 1 ? GRACE_BIAS_LIMIT : -GRACE_BIAS_LIMIT, 1 << 30, 50});
+        t.expect.assign(40 * 5 * 11, 0);
+        ref_conv(t.cfg, t.x.data(), t.w.data(), t.params.data(), nullptr, t.expect.data());
+        char name[64];
+        snprintf(name, sizeof name, "extreme case %d", mode);
+        run_case(name, t);
+    }
 }
 
 }  // namespace
@@ -239,6 +308,8 @@ int main(int argc, char **argv) {
         run_case("wide case", t);
     }
     rejections();
+    dsp_packing();
+    extreme_case();
     printf("tb_conv: %d golden vector files, %d random cases, %s (%d failures)\n", n_golden, n_random,
            tb_failures ? "FAILED" : "PASSED", tb_failures);
     return tb_failures ? 1 : 0;

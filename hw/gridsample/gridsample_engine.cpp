@@ -11,102 +11,183 @@
 // ---- Structure ------------------------------------------------------------------------
 // Random access into the input needs it on chip: a pass holds as many whole input planes
 // as fit (64 KiB; one 256x256 plane, sixteen 64x64 planes), split into 4 banks by the
-// parities of (y, x). The four bilinear taps (y0|y0+1, x0|x0+1) always fall in four
-// different banks, so one output value is one read of each bank: II = 1 (intended).
-// Passes are double-buffered: planes of pass g+1 load while pass g samples. Per output
-// row, the grid row and the occlusion row are read once and reused by every plane of the
-// pass; output rows are written as bursts from a ping-pong row buffer.
+// parities of (y, x); a bank word (32 bit) holds 4 consecutive same-parity columns. The
+// four bilinear taps (y0|y0+1, x0|x0+1) always fall in four different banks, so one output
+// value is one read of each bank; the two BRAM ports of each bank serve two outputs (two
+// neighbouring pixels of one plane row) a cycle: 2 samplers, II = 1 per pixel pair.
+// Passes are double-buffered: planes of pass g+1 load while pass g samples. Output rows
+// are software-pipelined too: the grid row (x, y: int16, bundle gmem1) and the occlusion
+// row (bundle gmem3) of output row i+1 are read (8-byte beats, the two bundles in
+// parallel) into one half of a ping-pong row buffer while row i is sampled for every plane of the pass from the other half; each
+// plane's output row goes out as 8-byte beats from a ping-pong row buffer while the next
+// plane's row is sampled.
+//
+// ---- Data paths ---------------------------------------------------------------------------
+// Every load/store loop moves one 8-byte beat per iteration (PIPELINE II=1, the bytes
+// unrolled; hls.tcl widens the m_axi ports to 64 bits): a plane row is ceil(w/8) beats,
+// each beat one word into the even-column bank and one into the odd-column bank.
 //
 // ---- Resources (estimates, unverified) -------------------------------------------------
-// DSP: 4 tap multipliers (int8 x 13-bit weight), the occlusion multiply (20 x 8 bit), the
-// requant (28 x 31 bit, 4 DSP48E1) -> ~9-10 DSP48E1. BRAM: 2 halves x 4 banks x 16 KiB =
-// 128 KiB = 32 BRAM36; row buffers (grid 2 x 1024 x int16, occlusion, 2 output rows) ~3.
+// DSP: per sampler 4 tap multipliers (int8 x 13-bit weight), the occlusion multiply (20 x 8
+// bit), the requant (28 x 31 bit, 4 DSP48E1) -> 9; two samplers 18. BRAM: 2 halves x 4 banks
+// x 4096 x 32 bit = 128 KiB = 32 BRAM36; grid rows 2 x (2 x 1024 x int16), occlusion rows
+// 2 x 1024 x uint8, output rows 2 x 128 x 64 bit -> ~5 (see perf.py).
 #include "gridsample_engine.h"
 
 namespace {
 
+constexpr int32_t BANK_WORDS = GS_BANK_BYTES / 4;  // 32-bit words a parity bank
+constexpr int32_t OUT_ROW_WORDS = GS_MAX_W_OUT / GRACE_WORD_BYTES;
+
 struct gs_layer_t {
     int32_t c, h, w, ho, wo, occ, m, s;
     int32_t np;    // planes per pass
-    int32_t hw2;   // ceil(w / 2): bank row pitch
-    int32_t pp;    // ceil(h / 2) * ceil(w / 2): bank words per plane
+    int32_t wq;    // ceil(w / 8): bank words per bank row (4 same-parity columns a word)
+    int32_t pp;    // ceil(h / 2) * wq: bank words per plane
 };
 
 inline int32_t ceil_div(int32_t a, int32_t b) { return (a + b - 1) / b; }
 
+inline int8_t byte_of(uint32_t v, int32_t i) { return (int8_t)(uint8_t)(v >> (8 * i)); }
+
 // Planes [c0, c0 + n) into one half of the plane buffer, split by (y & 1, x & 1).
+// Beat j of a row = x 8j .. 8j+7: bytes 0,2,4,6 -> even bank word j, 1,3,5,7 -> odd bank.
 void load_planes(const int8_t *x, const gs_layer_t &L, int32_t c0, int32_t n,
-                 int8_t pb[4][GS_BANK_BYTES]) {
+                 uint32_t pb[4][BANK_WORDS]) {
 LOAD_PLANE:
     for (int32_t p = 0; p < n; ++p) {
-    LOAD_ROW:
-        for (int32_t yy = 0; yy < L.h; ++yy) {
-            const int8_t *src = x + ((int64_t)(c0 + p) * L.h + yy) * L.w;
-            const int32_t base = p * L.pp + (yy >> 1) * L.hw2;
-        LOAD_X:
-            for (int32_t xx = 0; xx < L.w; ++xx) {
+        // A plane is contiguous in DDR: one flattened pipeline over h x wq beats.
+        const int8_t *src = x + (int64_t)(c0 + p) * L.h * L.w;
+        int32_t yy = 0, j = 0;
+    LOAD_BEAT:
+        for (int32_t it = 0; it < L.h * L.wq; ++it) {
 #pragma HLS PIPELINE II = 1
-                pb[((yy & 1) << 1) | (xx & 1)][base + (xx >> 1)] = src[xx];
+            uint32_t even = 0, odd = 0;
+        LOAD_BYTE:
+            for (int32_t b = 0; b < GRACE_WORD_BYTES; ++b) {
+#pragma HLS UNROLL
+                const int32_t xx = GRACE_WORD_BYTES * j + b;
+                const uint32_t v = xx < L.w ? (uint32_t)(uint8_t)src[(int64_t)yy * L.w + xx] : 0u;
+                if (b & 1)
+                    odd |= v << (8 * (b >> 1));
+                else
+                    even |= v << (8 * (b >> 1));
+            }
+            const int32_t addr = p * L.pp + (yy >> 1) * L.wq + j;
+            pb[((yy & 1) << 1) | 0][addr] = even;
+            pb[((yy & 1) << 1) | 1][addr] = odd;
+            if (++j == L.wq) {
+                j = 0;
+                ++yy;
             }
         }
     }
 }
 
-// One output row of one plane.
-void sample_row(const gs_layer_t &L, int32_t p, const int8_t pb[4][GS_BANK_BYTES],
-                const int16_t gx_row[GS_MAX_W_OUT], const int16_t gy_row[GS_MAX_W_OUT],
-                const uint8_t occ_row[GS_MAX_W_OUT], int8_t out_row[GS_MAX_W_OUT]) {
-SAMPLE_X:
-    for (int32_t j = 0; j < L.wo; ++j) {
-#pragma HLS PIPELINE II = 1
-        const int32_t gx = gx_row[j], gy = gy_row[j];
-        const int32_t x0 = gx >> GS_FRAC_BITS, fx = gx & (GS_ONE - 1);
-        const int32_t y0 = gy >> GS_FRAC_BITS, fy = gy & (GS_ONE - 1);
-        int32_t acc = 0;
-    SAMPLE_BANK:
-        for (int32_t b = 0; b < 4; ++b) {
+// One output value: the four taps (one read of each bank), occlusion, requant.
+inline int8_t sample(const gs_layer_t &L, int32_t p, const uint32_t pb[4][BANK_WORDS], int32_t gx,
+                     int32_t gy, int32_t occ) {
+#pragma HLS INLINE
+    const int32_t x0 = gx >> GS_FRAC_BITS, fx = gx & (GS_ONE - 1);
+    const int32_t y0 = gy >> GS_FRAC_BITS, fy = gy & (GS_ONE - 1);
+    int32_t acc = 0;
+SAMPLE_BANK:
+    for (int32_t b = 0; b < 4; ++b) {
 #pragma HLS UNROLL
-            // The tap held by bank b: its row/column has the bank's parity.
-            const int32_t dy = (y0 & 1) == (b >> 1) ? 0 : 1;
-            const int32_t dx = (x0 & 1) == (b & 1) ? 0 : 1;
-            const int32_t yy = y0 + dy, xx = x0 + dx;
-            const int32_t wgt = (dy ? fy : GS_ONE - fy) * (dx ? fx : GS_ONE - fx);
-            const bool inside = yy >= 0 && yy < L.h && xx >= 0 && xx < L.w;
-            const int32_t v = inside ? (int32_t)pb[b][p * L.pp + (yy >> 1) * L.hw2 + (xx >> 1)] : 0;
-            acc += wgt * v;
+        // The tap held by bank b: its row/column has the bank's parity.
+        const int32_t dy = (y0 & 1) == (b >> 1) ? 0 : 1;
+        const int32_t dx = (x0 & 1) == (b & 1) ? 0 : 1;
+        const int32_t yy = y0 + dy, xx = x0 + dx;
+        const int32_t wgt = (dy ? fy : GS_ONE - fy) * (dx ? fx : GS_ONE - fx);
+        const bool inside = yy >= 0 && yy < L.h && xx >= 0 && xx < L.w;
+        const int32_t m = xx >> 1;  // index among the bank row's same-parity columns
+        const int32_t v =
+            inside ? (int32_t)byte_of(pb[b][p * L.pp + (yy >> 1) * L.wq + (m >> 2)], m & 3) : 0;
+        acc += wgt * v;
+    }
+    if (L.occ) acc *= occ;
+    return grace_sat8(grace_rq(acc, L.m, L.s), 0);
+}
+
+// One output row of one plane: two samplers, a pixel pair a cycle, into 64-bit words.
+void sample_row(const gs_layer_t &L, int32_t p, const uint32_t pb[4][BANK_WORDS],
+                const int16_t gx_row[GS_MAX_W_OUT], const int16_t gy_row[GS_MAX_W_OUT],
+                const uint8_t occ_row[GS_MAX_W_OUT], grace_word_t out_row[OUT_ROW_WORDS]) {
+    grace_word_t pack = 0;
+SAMPLE_PAIR:
+    for (int32_t jj = 0; jj < ceil_div(L.wo, 2); ++jj) {
+#pragma HLS PIPELINE II = 1
+    SAMPLER:
+        for (int32_t u = 0; u < 2; ++u) {
+#pragma HLS UNROLL
+            const int32_t j = 2 * jj + u;
+            if (j < L.wo) {
+                pack = grace_set_byte(pack, j & 7, sample(L, p, pb, gx_row[j], gy_row[j], occ_row[j]));
+                if ((j & 7) == 7 || j == L.wo - 1) out_row[j >> 3] = pack;
+            }
         }
-        if (L.occ) acc *= (int32_t)occ_row[j];
-        out_row[j] = grace_sat8(grace_rq(acc, L.m, L.s), 0);
+    }
+}
+
+// The grid row (x then y, gmem1: 4 coordinates a beat) and the occlusion row i (gmem3: 8
+// values a beat) in one pipelined loop, a beat of each bundle a cycle.
+void load_grid_row(const int16_t *grid, const uint8_t *occ, const gs_layer_t &L, int32_t i,
+                   int16_t gx_row[GS_MAX_W_OUT], int16_t gy_row[GS_MAX_W_OUT],
+                   uint8_t occ_row[GS_MAX_W_OUT]) {
+    const int64_t plane = (int64_t)L.ho * L.wo;
+    const int32_t n_g = ceil_div(L.wo, 4);                 // beats of one coordinate row
+    const int32_t n_o = L.occ ? grace_words(L.wo) : 0;     // beats of the occlusion row
+    const int32_t n = 2 * n_g > n_o ? 2 * n_g : n_o;
+GRID_BEAT:
+    for (int32_t j = 0; j < n; ++j) {
+#pragma HLS PIPELINE II = 1
+        if (j < 2 * n_g) {  // x row, then y row
+            const int32_t jj = j < n_g ? j : j - n_g;
+            const int16_t *src = grid + (j < n_g ? 0 : plane) + (int64_t)i * L.wo;
+            int16_t *dst = j < n_g ? gx_row : gy_row;
+        GRID_COORD:
+            for (int32_t b = 0; b < 4; ++b)
+                if (4 * jj + b < L.wo) dst[4 * jj + b] = src[4 * jj + b];
+        }
+        if (j < n_o) {
+        GRID_OCC:
+            for (int32_t b = 0; b < GRACE_WORD_BYTES; ++b)
+                if (GRACE_WORD_BYTES * j + b < L.wo)
+                    occ_row[GRACE_WORD_BYTES * j + b] = occ[(int64_t)i * L.wo + GRACE_WORD_BYTES * j + b];
+        }
+    }
+}
+
+void store_row(int8_t *dst, int32_t n, const grace_word_t row[OUT_ROW_WORDS]) {
+STORE_BEAT:
+    for (int32_t j = 0; j < grace_words(n); ++j) {
+#pragma HLS PIPELINE II = 1
+        for (int32_t b = 0; b < GRACE_WORD_BYTES; ++b)
+            if (GRACE_WORD_BYTES * j + b < n) dst[GRACE_WORD_BYTES * j + b] = grace_byte(row[j], b);
     }
 }
 
 void sample_pass(const int16_t *grid, const uint8_t *occ, int8_t *y, const gs_layer_t &L,
-                 int32_t c0, int32_t n, const int8_t pb[4][GS_BANK_BYTES]) {
-    static int16_t gx_row[GS_MAX_W_OUT], gy_row[GS_MAX_W_OUT];
-    static uint8_t occ_row[GS_MAX_W_OUT];
-    static int8_t out_row[2][GS_MAX_W_OUT];
+                 int32_t c0, int32_t n, const uint32_t pb[4][BANK_WORDS]) {
+    static int16_t gx_row[2][GS_MAX_W_OUT], gy_row[2][GS_MAX_W_OUT];
+    static uint8_t occ_row[2][GS_MAX_W_OUT];
+    static grace_word_t out_row[2][OUT_ROW_WORDS];
+#pragma HLS ARRAY_PARTITION variable = gx_row complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = gy_row complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = occ_row complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = out_row complete dim = 1
     const int64_t plane = (int64_t)L.ho * L.wo;
+    // load grid row i || sample row i-1 (every plane of the pass)
 PASS_ROW:
-    for (int32_t i = 0; i < L.ho; ++i) {
-    GRID_ROW:
-        for (int32_t j = 0; j < L.wo; ++j) {
-#pragma HLS PIPELINE II = 1
-            gx_row[j] = grid[(int64_t)i * L.wo + j];
-            gy_row[j] = grid[plane + (int64_t)i * L.wo + j];
-            occ_row[j] = L.occ ? occ[(int64_t)i * L.wo + j] : (uint8_t)0;
-        }
-        // sample plane p || store plane p-1 (ping-pong row buffer)
-    PASS_PLANE:
-        for (int32_t p = 0; p <= n; ++p) {
-            if (p < n) sample_row(L, p, pb, gx_row, gy_row, occ_row, out_row[p & 1]);
-            if (p >= 1) {
-                int8_t *dst = y + (c0 + p - 1) * plane + (int64_t)i * L.wo;
-            STORE_X:
-                for (int32_t j = 0; j < L.wo; ++j) {
-#pragma HLS PIPELINE II = 1
-                    dst[j] = out_row[(p - 1) & 1][j];
-                }
+    for (int32_t i = 0; i <= L.ho; ++i) {
+        if (i < L.ho) load_grid_row(grid, occ, L, i, gx_row[i & 1], gy_row[i & 1], occ_row[i & 1]);
+        if (i >= 1) {
+            const int32_t r = i - 1;
+            // sample plane p || store plane p-1 (ping-pong output row)
+        PASS_PLANE:
+            for (int32_t p = 0; p <= n; ++p) {
+                if (p < n) sample_row(L, p, pb, gx_row[r & 1], gy_row[r & 1], occ_row[r & 1], out_row[p & 1]);
+                if (p >= 1) store_row(y + (c0 + p - 1) * plane + (int64_t)r * L.wo, L.wo, out_row[(p - 1) & 1]);
             }
         }
     }
@@ -122,7 +203,7 @@ int32_t gridsample_check(const grace_gs_cfg_t *cfg, int32_t *planes) {
         C.wo < 1 || C.wo > GS_MAX_W_OUT)
         return -GRACE_BAD_SIZE;
     if (!grace_requant_ok(C.m, C.s)) return -GRACE_BAD_REQUANT;
-    int32_t np = GS_BANK_BYTES / (ceil_div(C.h, 2) * ceil_div(C.w, 2));
+    int32_t np = BANK_WORDS / (ceil_div(C.h, 2) * grace_words(C.w));
     if (np > GS_MAX_PLANES) np = GS_MAX_PLANES;
     if (np > C.c) np = C.c;
     if (planes) *planes = np;
@@ -133,7 +214,7 @@ int32_t gridsample_engine(const int8_t *x, const int16_t *grid, const uint8_t *o
                           grace_gs_cfg_t cfg) {
 #pragma HLS INTERFACE m_axi port = x offset = slave bundle = gmem0 max_read_burst_length = 64
 #pragma HLS INTERFACE m_axi port = grid offset = slave bundle = gmem1
-#pragma HLS INTERFACE m_axi port = occ offset = slave bundle = gmem1
+#pragma HLS INTERFACE m_axi port = occ offset = slave bundle = gmem3
 #pragma HLS INTERFACE m_axi port = y offset = slave bundle = gmem2 max_write_burst_length = 64
 #pragma HLS INTERFACE s_axilite port = x bundle = control
 #pragma HLS INTERFACE s_axilite port = grid bundle = control
@@ -141,7 +222,7 @@ int32_t gridsample_engine(const int8_t *x, const int16_t *grid, const uint8_t *o
 #pragma HLS INTERFACE s_axilite port = y bundle = control
 #pragma HLS INTERFACE s_axilite port = cfg bundle = control
 #pragma HLS INTERFACE s_axilite port = return bundle = control
-    static int8_t plane_buf[2][4][GS_BANK_BYTES];
+    static uint32_t plane_buf[2][4][BANK_WORDS];
 #pragma HLS ARRAY_PARTITION variable = plane_buf complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = plane_buf complete dim = 2
 
@@ -158,8 +239,8 @@ int32_t gridsample_engine(const int8_t *x, const int16_t *grid, const uint8_t *o
     L.m = cfg.m;
     L.s = cfg.s;
     L.np = np;
-    L.hw2 = ceil_div(L.w, 2);
-    L.pp = ceil_div(L.h, 2) * L.hw2;
+    L.wq = grace_words(L.w);
+    L.pp = ceil_div(L.h, 2) * L.wq;
 
     // load pass g || sample pass g-1 (ping-pong plane buffer)
     const int32_t n_pass = ceil_div(L.c, L.np);

@@ -23,6 +23,7 @@ set_part xc7z020clg400-1
 create_clock -period 10 -name default   ;# 100 MHz
 set_clock_uncertainty 12.5%
 config_interface -m_axi_addr64=false
+config_interface -m_axi_max_widen_bitwidth 64   ;# 8-byte beats (the engine moves 8 bytes an iteration)
 
 csim_design -argv "$vectors 50"
 csynth_design

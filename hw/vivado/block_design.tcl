@@ -7,7 +7,7 @@
 #     control, S_AXI_HP0..HP3 (64-bit) for the engines' data, IRQ_F2P for interrupts;
 #   * the two HLS engines (exported by hw/conv/hls.tcl and hw/gridsample/hls.tcl):
 #     s_axi_control on GP0 (registers: ap_ctrl start/done/idle, the pointer offsets and
-#     the config struct), m_axi_gmem0..2 on the HP ports through AXI interconnects;
+#     the config struct), m_axi_gmem0..2 (grid sample: ..3) on the HP ports through AXI interconnects;
 #   * an AXI interrupt controller (axi_intc) collecting both engines' `interrupt` lines,
 #     as PYNQ expects for asyncio waits;
 #   * output: overlay/grace.bit and overlay/grace.hwh (PYNQ's Overlay reads the .hwh).
@@ -56,11 +56,13 @@ foreach slave [list conv_engine_0/s_axi_control gridsample_engine_0/s_axi_contro
         intc_ip {New AXI Interconnect}] [get_bd_intf_pins $slave]
 }
 
-# Data: conv gmem0 (input) -> HP0, conv gmem1 (weights, params) + gridsample gmem1 (grid,
-# occlusion) -> HP1, conv gmem2 (residual, output) -> HP2, gridsample gmem0 (planes) +
-# gmem2 (output) -> HP3.
+# Data: conv gmem0 (input) + gridsample gmem3 (occlusion) -> HP0, conv gmem1 (weights,
+# params) + gridsample gmem1 (grid) -> HP1, conv gmem2 (residual, output) -> HP2,
+# gridsample gmem0 (planes) + gmem2 (output) -> HP3. (The engines run one call at a time,
+# so two masters on one HP port do not compete.)
 set data_map [list \
     conv_engine_0/m_axi_gmem0 S_AXI_HP0 \
+    gridsample_engine_0/m_axi_gmem3 S_AXI_HP0 \
     conv_engine_0/m_axi_gmem1 S_AXI_HP1 \
     gridsample_engine_0/m_axi_gmem1 S_AXI_HP1 \
     conv_engine_0/m_axi_gmem2 S_AXI_HP2 \

@@ -158,7 +158,7 @@ def test_overlay_missing_ip_or_wrong_version():
 
 def conv_setup(dev: SimDevice, rng, cin=8, cout=16, hw=8):
     x = rng.integers(-128, 128, (cin, hw, hw)).astype(np.int8)
-    w = rng.integers(-128, 128, (cout, cin, 3, 3)).astype(np.int8)
+    w = rng.integers(-127, 128, (cout, cin, 3, 3)).astype(np.int8)  # weights in [-127, 127]
     params = np.stack([rng.integers(-999, 999, cout), np.full(cout, 1 << 20), np.full(cout, 28)], 1)
     params = params.astype(np.int32)
     bx, bw, by = (

@@ -97,6 +97,11 @@ def test_conv_every_tile_size_gives_the_same_result():
         (24, 24, 7, 128, 3, 1, True, True),  # depthwise upsample to the full output width
         (33, 17, 11, 255, 3, 2, False, False),  # odd width, stride 2
         (96, 96, 13, 64, 1, 1, False, False),  # a decoder pointwise conv
+        (24, 3, 6, 256, 3, 1, False, False),  # grace-s's `out`: 4-pixel groups, 3 lanes
+        (8, 96, 9, 64, 1, 1, False, False),  # 1 MAC slot a pixel: epilogue-bound slots
+        (16, 24, 5, 250, 1, 1, False, False),  # 2 MAC slots, 3 epilogue slots, odd width
+        (32, 12, 7, 99, 3, 2, False, False),  # 2-pixel groups, stride 2, odd width
+        (48, 48, 9, 120, 3, 1, True, True),  # upsampled depthwise, 6 lane groups
     ],
 )
 def test_conv_wide_layers(cin, cout, h, w, k, stride, depthwise, upsample):
@@ -221,6 +226,66 @@ def test_conv_rejects_parameters():
             ref.conv2d_int8(*args, **kw)
     # S = 8 is fine without a residual
     csim.conv2d(x, w, np.zeros(4, np.int32), M, np.full(4, 8, np.int32))
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_conv_rejects_weight_minus_128(depthwise):
+    """The packed DSP multipliers take weights in [-127, 127]: -128 is BAD_WEIGHT."""
+    x = np.zeros((8, 5, 5), np.int8)
+    w = np.zeros((8, 1 if depthwise else 8, 3, 3), np.int8)
+    w[5, 0, 2, 1] = -128
+    z = np.zeros(8, np.int32)
+    for fn in (csim.conv2d, ref.conv2d_int8):
+        with pytest.raises(ref.UnsupportedConfigError, match="BAD_WEIGHT"):
+            fn(x, w, z, 2**30, 31, depthwise=depthwise)
+    w[5, 0, 2, 1] = -127  # the most negative weight taken
+    np.testing.assert_array_equal(
+        csim.conv2d(x, w, z, 2**30, 31, depthwise=depthwise),
+        ref.conv2d_int8(x, w, z, 2**30, 31, depthwise=depthwise),
+    )
+
+
+@pytest.mark.parametrize(
+    "cin,cout,k,depthwise,upsample,relu",
+    [
+        (64, 40, 3, False, False, False),  # 8 input groups, odd DSP pairs in the 2nd group
+        (64, 40, 3, False, False, True),
+        (13, 33, 1, False, False, False),  # a partial input group, one lane in group 2
+        (40, 64, 3, False, True, False),
+        (24, 3, 3, False, False, False),  # 4-pixel groups
+        (20, 12, 3, False, False, False),  # 2-pixel groups
+        (24, 24, 3, True, False, False),
+        (24, 24, 3, True, True, True),
+    ],
+)
+def test_conv_dsp_packing_extreme_operands(cin, cout, k, depthwise, upsample, relu):
+    """Two int8 products a DSP48E1 (w_lo + w_hi * 2^17, sums of 4, split with the sign
+    correction) at the extreme operands x in {-128, 127}, w in {-127, 127}: constant inputs
+    drive every packed sum to its largest magnitude, with both DSP partners of one sign or
+    of opposite signs; the bias cancels the interior sums, and M/S = 1, so any error in a
+    packed product shows as a nonzero interior output. Then random extreme mixtures."""
+    rng = np.random.default_rng(cin * 100 + cout + k)
+    wcin = 1 if depthwise else cin
+    n = wcin * k * k  # products of an interior output
+    alt = np.where(np.arange(cout) % 2 == 0, 1, -1)  # DSP partners of opposite signs
+    kw = dict(depthwise=depthwise, upsample=upsample, relu=relu)
+    ones = np.ones(cout, np.int64)
+    for xv, sign in ((-128, ones), (-128, -ones), (-128, alt), (127, alt)):
+        x = np.full((cin, 6, 6), xv, np.int8)
+        wt = np.broadcast_to((127 * sign)[:, None, None, None], (cout, wcin, k, k)).astype(np.int8)
+        b = (-xv * 127 * sign * n).astype(np.int32)
+        one = (np.full(cout, 2**30, np.int32), np.full(cout, 30, np.int32))  # rq = identity
+        want = ref.conv2d_int8(x, wt, b, *one, **kw)
+        p = k // 2
+        assert not want[:, p : want.shape[1] - p, p : want.shape[2] - p].any()  # cancels
+        np.testing.assert_array_equal(csim.conv2d(x, wt, b, *one, **kw), want)
+    for _ in range(2):
+        x = rng.choice(np.array([-128, 127], np.int8), (cin, 6, 6))
+        wt = rng.choice(np.array([-127, 127], np.int8), (cout, wcin, k, k))
+        b = rng.choice(np.array([-(2**30), 0, 2**30], np.int32), cout)
+        M, S = np.full(cout, 2**30, np.int32), np.full(cout, 40, np.int32)
+        want = ref.conv2d_int8(x, wt, b, M, S, **kw)
+        np.testing.assert_array_equal(csim.conv2d(x, wt, b, M, S, **kw), want)
 
 
 def test_conv_check_agrees_with_the_reference():

@@ -152,7 +152,7 @@ def test_output_channel_splits_respect_the_limits_and_change_nothing(qm, program
                 depthwise=c["depthwise"], upsample=c["upsample"], limits=small,
             )  # fmt: skip
             parts.setdefault(st["node"], []).append(st["channels"])
-    assert parts["mot2b"] == [[0, 16], [16, 32], [32, 40]]  # 40 x 40 x 3x3: 360 B a group
+    assert parts["mot2b"] == [[0, 32], [32, 40]]  # 40 x 40 x 3x3: 360 B a 32-channel group
     for ch in parts.values():  # the parts tile [0, cout) in order
         assert ch[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ch, ch[1:]))
     assert split.weights == program.weights  # a split is a sub-range, no repacking
@@ -236,10 +236,19 @@ def test_performance_model(program):
     assert sum(s["macs"] for s in convs) == sum(macs.values())
     for s in r["steps"]:
         assert 0 < s["mac_bound"] <= s["overlapped"] <= s["serial"]
-    assert r["mac_bound"]["fps"] > r["what_if"]["fps"] > r["overlapped"]["fps"] > r["serial"]["fps"]
+    assert r["mac_bound"]["fps"] > r["overlapped"]["fps"] > r["serial"]["fps"]
+    assert "arm" not in r  # the ARM side only when its host times are given
+    ra = perf.report(program, arm_host={"frame_inputs": 1.0, "output": 0.5})
+    assert ra["arm"]["ms"] == pytest.approx(perf.A.arm_factor * 1.5)
+    period = max(ra["overlapped"]["ms"], ra["arm"]["ms"])
+    assert ra["system"]["ms"] == pytest.approx(period)
+    assert ra["system_serial"]["ms"] == pytest.approx(ra["overlapped"]["ms"] + ra["arm"]["ms"])
+    assert "with the ARM" in perf.format_report(ra)
     assert r["overlapped"]["uj_per_pixel"] == pytest.approx(
         2.5 * r["overlapped"]["ms"] * 1e3 / SIZE**2
     )
     text = perf.format_report(r)
     assert "MODELLED" in text and text.count("(modelled)") >= 4
     assert sum(r["dsp"].values()) <= perf.XC7Z020["DSP48E1"]
+    assert sum(r["bram36"].values()) <= perf.XC7Z020["BRAM36"]
+    assert sum(r["lut"].values()) <= perf.XC7Z020["LUT"]
