@@ -26,7 +26,7 @@ from . import int8_ref as ref
 
 HW_DIR = Path(__file__).resolve().parents[1] / "hw"
 LIB_PATH = HW_DIR / "build" / "libgrace_hw.so"
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 _lock = threading.Lock()  # the engines keep static buffers: one call at a time
 _lib: ctypes.CDLL | None = None
@@ -112,6 +112,7 @@ def load_library() -> ctypes.CDLL:
         "grace_hw_limits": [p32, _i32],
         "grace_conv_check": [ctypes.POINTER(ConvConfig), p32],
         "grace_conv2d": [p8, p8, p32, p8, p8, ctypes.POINTER(ConvConfig)],
+        "grace_conv2d_ports": [p8, p8, p32, p8, p8, p8, ctypes.POINTER(ConvConfig)],
         "grace_gs_check": [ctypes.POINTER(GridConfig), p32],
         "grace_grid_sample": [p8, p16, pu8, p8, ctypes.POINTER(GridConfig)],
     }.items():

@@ -236,6 +236,7 @@ class Board:
                 params=w + st["params"],
                 res=a + st["res"] if c["residual"] else 0,
                 y=a + st["y"],
+                x1=a + st["x"],  # the input's second read port (gmem1): the same tensor
                 cfg=c,
             )
         else:

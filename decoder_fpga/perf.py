@@ -23,25 +23,29 @@ conv   params: II 2 a channel (12 bytes); weights: per (output channel, 8-channe
        32-channel groups, step t = load(t) || compute(t-1) || store(t-2):
          load     input: the rows of row tile rt+1 in n_cot chunks of ceil(cin/8)*8 / n_cot
                   channels, one a step while row tile rt computes, ry_n x ceil(w/8) beats a
-                  channel (gmem0), and the residual of tile t: lanes x ceil(rows*wo/8) beats
-                  (gmem2), in one loop: the longer of the two + a read latency for every
-                  burst of either
+                  channel, the even channels on gmem0 (x), the odd ones on gmem1 (x1), and
+                  the residual of tile t: lanes x ceil(rows*wo/8) beats (gmem2), in one
+                  loop: the longest of the three + a read latency for every burst of any
+                  (groups: ceil(cout/32), balanced to ceil(cout/n_cot) rounded up to 8)
          compute  32 cycles for the group's {bias, M, S}, then
                   dense: one flattened pipeline (II 1) of (pixel groups + 1) x slots +
-                  depth; a group is P pixels of a row (P = 4 for cout <= 8, 2 for cout
-                  <= 16, else 1: the 32 PE rows as P pixels x 32/P channels), slots =
+                  depth; a group is P pixels of a row (P = 8 for cout <= 4 at stride 1,
+                  4 for cout <= 8, 2 for cout <= 16, else 1: the 32 PE rows as P pixels x
+                  32/P channels), slots =
                   max(ceil(cin/8) * k*k, ceil(P * lanes / 8)) (MAC slots of the packed
                   32 x 8 array, or the 8-lane epilogue when that is longer);
                   depthwise: ceil(lanes/8) x rows x (wo + row overhead) (II 1, the window
                   fetches staggered over the three rows)
          store    lanes x ceil(rows*wo/8) beats
-       "overlapped" takes the max of the three stages per step (the design intent);
-       "serial" their sum (if HLS does not overlap the calls).
+       "overlapped" takes the max of the three stages per step (the design intent), and at
+       least the step's DDR bytes (load + store) / `ddr_bytes_per_cycle`; "serial" their
+       sum (if HLS does not overlap the calls).
 grid   per pass of planes (as many as fit 64 KiB): load planes x h x ceil(w/8) beats;
-       per output row, software-pipelined: the grid/occlusion row of row i+1 (x, y: wo/4
-       beats each on gmem1, occlusion wo/8 on gmem3, in one loop) || row i sampled for every plane of
-       the pass (2 samplers: ceil(wo/2) cycles + depth a plane, its store of ceil(wo/8)
-       beats overlapping the next plane); passes double-buffered (overlapped) or not.
+       per block of R = 2048 // wo output rows, software-pipelined: the grid/occlusion
+       block b+1 (x, y: R*wo/4 beats each on gmem1, occlusion R*wo/8 on gmem3, in one loop,
+       three bursts) || block b's (row, plane) items sampled (2 samplers: ceil(wo/2) cycles
+       + depth an item, its store of ceil(wo/8) beats overlapping the next item); passes
+       double-buffered (overlapped) or not; the call at least its DDR bytes / the DDR rate.
 Both   + a fixed call overhead (s_axilite writes, start, done interrupt/poll).
 
 ARM    the frame stage's ARM ops (backward map, heatmaps, resizes, sigmoid, Q9.6 and uint8
@@ -79,6 +83,8 @@ XC7Z020 = {"DSP48E1": 220, "BRAM36": 140, "LUT": 53200}
 BEAT = 8  # bytes per m_axi beat (64-bit data paths)
 EPI_LANES = 8  # conv epilogues a cycle
 GS_SAMPLERS = 2  # grid-sample outputs a cycle (the two ports of each parity bank)
+GS_ROW_BUF = 2048  # grid / occlusion values a half of the block buffers (gridsample_engine.cpp)
+DDR_PEAK_BYTES_S = 2 * 1066e6  # PYNQ-Z1: one 16-bit DDR3 chip at 1066 MT/s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +101,13 @@ class Assumptions:
     dw_row_overhead: int = 12  # depthwise: row prologue (6 reads, 3 cycles) + pipeline depth
     gs_row_depth: int = 10  # grid-sample pipeline depth per sampled row
     call_overhead: int = 500  # cycles (5 us) per engine invocation: registers, start, done
+    # DDR: the PYNQ-Z1's DDR3 is one 16-bit chip at 1066 MT/s (Digilent reference manual):
+    # 2.13 GB/s peak = 21.3 bytes a 100 MHz cycle. Sustained: 75 % of peak for long bursts
+    # from several HP ports with reads and writes mixed (read/write turnarounds, refresh,
+    # page misses between the streams), i.e. 1.6 GB/s = 16 bytes a cycle: assumed, not
+    # measured; every step's cycles are at least its DDR bytes / this (the HP ports alone
+    # could move 8 bytes a cycle each, 4 ports 32)
+    ddr_bytes_per_cycle: float = 16.0
     arm_factor: float = 10.0  # Cortex-A9 (667 MHz, numpy) / this host: assumed, unmeasured
 
 
@@ -109,10 +122,20 @@ def _cdiv(a: int, b: int) -> int:
 # Cycle models of the two engines
 
 
-def pixel_group(cout: int, pe_co: int = ref.CONV_LIMITS.pe_co) -> int:
+def pixel_group(cout: int, stride: int = 1, pe_co: int = ref.CONV_LIMITS.pe_co) -> int:
     """Output pixels a dense pass computes at once (conv_engine.cpp pixel_group): the 32 PE
-    rows as 4 pixels x 8 channels (cout <= 8), 2 x 16 (cout <= 16) or 1 x 32."""
+    rows as 8 pixels x 4 channels (cout <= 4, stride 1), 4 x 8 (cout <= 8), 2 x 16 (cout
+    <= 16) or 1 x 32."""
+    if cout <= pe_co // 8 and stride == 1:
+        return 8
     return 4 if cout <= pe_co // 4 else 2 if cout <= pe_co // 2 else 1
+
+
+def group_width(cout: int, pe_co: int = ref.CONV_LIMITS.pe_co, pe_ci: int = ref.CONV_LIMITS.pe_ci):
+    """Channels of an output-channel group (conv_engine.cpp layer_t.gco): the ceil(cout/32)
+    groups balanced, ceil(cout / n_cot) rounded up to a multiple of 8."""
+    n_cot = _cdiv(cout, pe_co)
+    return _cdiv(_cdiv(cout, n_cot), pe_ci) * pe_ci
 
 
 def conv_cycles(cfg: dict, a: Assumptions = A, limits: ref.ConvLimits = ref.CONV_LIMITS) -> dict:
@@ -128,7 +151,8 @@ def conv_cycles(cfg: dict, a: Assumptions = A, limits: ref.ConvLimits = ref.CONV
     cig_n, n_cot, n_rt = _cdiv(cin, pe_ci), _cdiv(cout, pe_co), _cdiv(ho, tr)
     ci_pad = cig_n * pe_ci
     wpr = _cdiv(w, BEAT)
-    pix_group = pixel_group(cout, pe_co)
+    pix_group = pixel_group(cout, s, pe_co)
+    gco = group_width(cout, pe_co, pe_ci)
     setup = 2 * n_cot * pe_co + a.read_latency
     if dw:
         setup += cig_n * 2 * kk + a.read_latency
@@ -146,26 +170,35 @@ def conv_cycles(cfg: dict, a: Assumptions = A, limits: ref.ConvLimits = ref.CONV
         rows_of.append((nrows, ((vhi >> 1) - (vlo >> 1) + 1) if up else (vhi - vlo + 1)))
     in_bytes = sum(cin * ry_n * w for _, ry_n in rows_of)
     chunk = _cdiv(ci_pad, n_cot)
-    loads, computes, stores = [], [], []
+    loads, computes, stores, load_bytes, store_bytes = [], [], [], [], []
     for t in range(n_rt * n_cot):
         rt, cot = divmod(t, n_cot)
         nrows = rows_of[rt][0]
         npix = nrows * wo
-        lanes = min(pe_co, cout - cot * pe_co)
+        lanes = min(gco, cout - cot * gco)
         # the input chunk loading at step t (conv_engine.cpp TILE_LOOP): row tile 0 whole
         # at t = 0, else channels [q * chunk, (q+1) * chunk) of row tile (t-1)//n_cot + 1
         if t == 0:
-            n_ch, ry_n = ci_pad, rows_of[0][1]
+            c_lo, c_hi, ry_n = 0, ci_pad, rows_of[0][1]
         else:
             rt_in, q = (t - 1) // n_cot + 1, (t - 1) % n_cot
-            n_ch = max(0, min(ci_pad, (q + 1) * chunk) - q * chunk) if rt_in < n_rt else 0
+            c_lo, c_hi = q * chunk, min(ci_pad, (q + 1) * chunk)
+            if rt_in >= n_rt or c_lo > c_hi:
+                c_lo = c_hi = 0
             ry_n = rows_of[rt_in][1] if rt_in < n_rt else 0
+        n_ch = c_hi - c_lo
+        n_odd = c_hi // 2 - c_lo // 2  # odd channels in [c_lo, c_hi): port x1 (gmem1)
+        n_real = max(0, min(c_hi, cin) - c_lo)  # channels >= cin are zeros, not read
         bursts_in = 1 if w % BEAT == 0 else ry_n
-        # input (gmem0) and residual (gmem2) beats advance in one loop; every burst start
-        # stalls that loop by a read latency
-        beats = max(n_ch * ry_n * wpr, lanes * _cdiv(npix, BEAT) if res else 0)
+        # even input channels (gmem0), odd ones (gmem1) and residual (gmem2) beats advance
+        # in one loop; every burst start of any of them stalls that loop by a read latency
+        res_beats = lanes * _cdiv(npix, BEAT) if res else 0
+        beats = max(n_ch - n_odd, n_odd) * ry_n * wpr
+        beats = max(beats, res_beats)
         bursts = n_ch * bursts_in + (lanes if res else 0)
         loads.append(beats + bursts * a.read_latency if beats else 0)
+        load_bytes.append(n_real * ry_n * w + (lanes * npix if res else 0))
+        store_bytes.append(lanes * npix)
         cp = pe_co  # the group's {bias, M, S} into registers
         if dw:
             cp += _cdiv(lanes, pe_ci) * nrows * (wo + a.dw_row_overhead)
@@ -176,12 +209,17 @@ def conv_cycles(cfg: dict, a: Assumptions = A, limits: ref.ConvLimits = ref.CONV
         computes.append(cp)
         stores.append(lanes * (_cdiv(npix, BEAT) + a.write_latency))
     n = len(loads)
-    overlapped = sum(
-        max(loads[t] if t < n else 0, computes[t - 1] if 1 <= t <= n else 0,
-            stores[t - 2] if t >= 2 else 0)
-        for t in range(n + 2)
-    )  # fmt: skip
+    overlapped = 0
+    ddr_bound = 0  # cycles the DDR bandwidth adds over the three stages
+    for t in range(n + 2):
+        stage = max(loads[t] if t < n else 0, computes[t - 1] if 1 <= t <= n else 0,
+                    stores[t - 2] if t >= 2 else 0)  # fmt: skip
+        moved = (load_bytes[t] if t < n else 0) + (store_bytes[t - 2] if t >= 2 else 0)
+        ddr = math.ceil(moved / a.ddr_bytes_per_cycle)
+        overlapped += max(stage, ddr)
+        ddr_bound += max(0, ddr - stage)
     serial = sum(loads) + sum(computes) + sum(stores)
+    serial = max(serial, math.ceil((sum(load_bytes) + sum(store_bytes)) / a.ddr_bytes_per_cycle))
     macs = cout * ho * wo * (1 if dw else cin) * kk
     ddr = w_bytes + 12 * cout + in_bytes + cout * ho * wo * (2 if res else 1)
     return {
@@ -191,6 +229,7 @@ def conv_cycles(cfg: dict, a: Assumptions = A, limits: ref.ConvLimits = ref.CONV
         "mac_bound": math.ceil(macs / (pe_co * pe_ci)) if not dw else _cdiv(cout * ho * wo, pe_ci),
         "macs": macs,
         "ddr_bytes": ddr,
+        "ddr_stall": ddr_bound,
         "compute": sum(computes),
     }
 
@@ -202,27 +241,39 @@ def grid_cycles(cfg: dict, a: Assumptions = A, limits: ref.GridLimits = ref.GRID
     passes = [min(np_, c - c0) for c0 in range(0, c, np_)]
     bursts = 1 if w % BEAT == 0 else h
     loads = [n * (h * _cdiv(w, BEAT) + bursts * a.read_latency) for n in passes]
-    # x and y rows (gmem1) and the occlusion row (gmem3) in one loop; every burst start
+    # the grid in blocks of R whole output rows (gridsample_engine.cpp block_rows): x and y
+    # (gmem1, one run each) and the occlusion rows (gmem3) in one loop; every burst start
     # stalls it by a read latency
-    grid_row = (
-        max(2 * _cdiv(wo, 4), _cdiv(wo, BEAT) if occ else 0) + (3 if occ else 2) * a.read_latency
-    )
+    R = min(ho, GS_ROW_BUF // wo)
+    blocks = [min(R, ho - i0) for i0 in range(0, ho, R)]
+
+    def grid_block(nr: int) -> int:
+        ne = nr * wo
+        beats = max(2 * _cdiv(ne, 4), _cdiv(ne, BEAT) if occ else 0)
+        return beats + (3 if occ else 2) * a.read_latency
+
     samp = _cdiv(wo, GS_SAMPLERS) + a.gs_row_depth
     store = _cdiv(wo, BEAT) + a.write_latency
 
-    def rows_over(n: int) -> int:  # sample plane p || store plane p-1
-        return samp + store + (n - 1) * max(samp, store)
+    def items_over(k: int) -> int:  # a block's k (row, plane) items: sample k || store k-1
+        return samp + store + (k - 1) * max(samp, store)
 
-    serial_s = [ho * (grid_row + n * (samp + store)) for n in passes]
-    over_s = [grid_row + ho * max(grid_row, rows_over(n)) for n in passes]
+    serial_s, over_s = [], []
+    for n in passes:
+        serial_s.append(sum(grid_block(nr) + nr * n * (samp + store) for nr in blocks))
+        over_s.append(grid_block(blocks[0]) + sum(
+            max(grid_block(blocks[b + 1]) if b + 1 < len(blocks) else 0, items_over(nr * n))
+            for b, nr in enumerate(blocks)))  # fmt: skip
     over = loads[0] + sum(
         max(loads[g + 1] if g + 1 < len(passes) else 0, over_s[g]) for g in range(len(passes))
     )
     macs = 4 * c * ho * wo + (c * ho * wo if occ else 0)
     ddr = c * h * w + len(passes) * ho * wo * (4 + (1 if occ else 0)) + c * ho * wo
+    ddr_cycles = math.ceil(ddr / a.ddr_bytes_per_cycle)  # the call as a whole
     return {
-        "overlapped": over + a.call_overhead,
-        "serial": sum(loads) + sum(serial_s) + a.call_overhead,
+        "overlapped": max(over, ddr_cycles) + a.call_overhead,
+        "ddr_stall": max(0, ddr_cycles - over),
+        "serial": max(sum(loads) + sum(serial_s), ddr_cycles) + a.call_overhead,
         "mac_bound": _cdiv(c * ho * wo, GS_SAMPLERS),
         "macs": macs,
         "ddr_bytes": ddr,
@@ -268,8 +319,8 @@ def resources(conv: ref.ConvLimits = ref.CONV_LIMITS, gs: ref.GridLimits = ref.G
             2, conv.pe_co * out_words, words),
         "conv bias/M/S 3 x 1024 x int32 (LUTRAM, see LUT)": (0, conv.max_ch, 32),
         f"grid plane_buf 2 halves x 4 parity banks x {gs_words} x 32 bit": (8, gs_words, 32),
-        "grid gx/gy rows (ping-pong)": (4, gs.max_w_out, 16),
-        "grid occ rows (ping-pong)": (2, gs.max_w_out, 8),
+        f"grid gx/gy blocks (ping-pong, {GS_ROW_BUF} values)": (4, GS_ROW_BUF, 16),
+        f"grid occ blocks (ping-pong, {GS_ROW_BUF} values)": (2, GS_ROW_BUF, 8),
         "grid out rows (ping-pong, 64-bit words)": (2, gs.max_w_out // 8, 64),
     }  # fmt: skip
     bram = {k: n * bram18(d, wd) / 2 for k, (n, d, wd) in banks.items()}
@@ -281,6 +332,9 @@ def resources(conv: ref.ConvLimits = ref.CONV_LIMITS, gs: ref.GridLimits = ref.G
         "bias/M/S tables in LUTRAM (96 Kbit) + read muxes": 2000,
         "out/res word flush + prefetch registers (32:1 x 64-bit muxes)": 1400,
         "input byte selects, depthwise window (8 lanes x 9 taps x 16:1)": 2400,
+        "8-pixel groups: 4 more pixels' byte selects (32 x 16:1) + 8:1 activation routing": 1250,
+        "second input stream (x1 on gmem1): counters, addresses, lane write ports": 400,
+        "grid-sample block addressing and (row, plane) item counters": 300,
         "weight staging / transposer": 600,
         "address generation and counters": 2000,
         "m_axi adapters 7 x ~1.8k (64-bit)": 12600,
@@ -388,6 +442,15 @@ def report(program: Program, a: Assumptions = A, arm_host: dict | None = None) -
     out["macs"] = sum(r["macs"] for r in frame)
     out["ddr_bytes"] = sum(r["ddr_bytes"] for r in frame)
     out["ddr_mb_s"] = out["ddr_bytes"] * out["overlapped"]["fps"] / 1e6
+    out["ddr_sustained_mb_s"] = a.ddr_bytes_per_cycle * a.clock_hz / 1e6
+    out["ddr_peak_mb_s"] = DDR_PEAK_BYTES_S / 1e6
+    busiest = max(frame, key=lambda x: x["ddr_bytes"] / x["overlapped"])
+    out["ddr_busiest_step"] = {
+        "step": busiest["step"],
+        "mb_s": busiest["ddr_bytes"] * a.clock_hz / busiest["overlapped"] / 1e6,
+    }
+    out["ddr_stall_cycles"] = sum(x["ddr_stall"] for x in frame)
+    out["ddr_bound_steps"] = [x["step"] for x in frame if x["ddr_stall"] > 0]
     if arm_host is not None:
         arm_ms = a.arm_factor * sum(arm_host.values())
         eng = out["overlapped"]["cycles"]
@@ -504,6 +567,13 @@ def format_report(r: dict, top: int = 12) -> str:
     lines.append(f"per frame (modelled): {r['macs'] / 1e9:.3f} GMAC-equivalent, "
                  f"{r['ddr_bytes'] / 2**20:.1f} MiB DDR traffic "
                  f"({r['ddr_mb_s']:.0f} MB/s at the overlapped rate)")  # fmt: skip
+    b = r["ddr_busiest_step"]
+    lines.append(
+        f"  DDR: assumed sustained {r['ddr_sustained_mb_s']:.0f} MB/s (of the PYNQ-Z1's "
+        f"{r['ddr_peak_mb_s']:.0f} MB/s peak); busiest step {b['step']} at {b['mb_s']:.0f} MB/s; "
+        f"{len(r['ddr_bound_steps'])} steps held back by DDR bandwidth "
+        f"(+{r['ddr_stall_cycles'] / 1e3:.1f} kcycles; modelled)"
+    )
     for key, what in (
         ("overlapped", "engines, load || compute || store overlapped (design intent)"),
         ("serial", "engines, no overlap inside an engine call"),

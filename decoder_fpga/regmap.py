@@ -138,7 +138,9 @@ def _layout(name: str, params: list[tuple], addr64: bool, align: int) -> EngineM
 
 
 def conv_map(addr64: bool = ADDR64) -> EngineMap:
-    """conv_engine(x, w, params, res, y, cfg) of hw/conv/conv_engine.cpp."""
+    """conv_engine(x, w, params, res, y, x1, cfg) of hw/conv/conv_engine.cpp (x1: the input's
+    second read port, on gmem1, which carries the odd channels; the driver gives it x's
+    address)."""
     return _layout(
         "conv_engine",
         [
@@ -147,6 +149,7 @@ def conv_map(addr64: bool = ADDR64) -> EngineMap:
             ("params", "gmem1", "int32"),
             ("res", "gmem2", "int8"),
             ("y", "gmem2", "int8"),
+            ("x1", "gmem1", "int8"),
             ("cfg", "struct", CONV_CFG_FIELDS),
         ],
         addr64,

@@ -230,6 +230,7 @@ class SimEngine:
             wo = ref.conv_out_size(cfg["w"], k, cfg["stride"], bool(cfg["upsample"]))
             need = {
                 "x": cin * cfg["h"] * cfg["w"],
+                "x1": cin * cfg["h"] * cfg["w"],  # the same input through gmem1
                 "w": cout * (1 if cfg["depthwise"] else cin) * k * k,
                 "params": 12 * cout,
                 "res": cout * ho * wo if cfg["residual"] else 0,
@@ -271,9 +272,10 @@ class SimEngine:
         i8, u8, i16, i32 = ctypes.c_int8, ctypes.c_uint8, ctypes.c_int16, ctypes.c_int32
         with csim._lock:
             if self.map.name == "conv_engine":
-                return lib.grace_conv2d(
+                return lib.grace_conv2d_ports(
                     self._ptr(sp["x"], i8), self._ptr(sp["w"], i8), self._ptr(sp["params"], i32),
-                    self._ptr(sp.get("res"), i8), self._ptr(sp["y"], i8), ctypes.byref(c),
+                    self._ptr(sp.get("res"), i8), self._ptr(sp["y"], i8), self._ptr(sp["x1"], i8),
+                    ctypes.byref(c),
                 )  # fmt: skip
             return lib.grace_grid_sample(
                 self._ptr(sp["x"], i8), self._ptr(sp["grid"], i16), self._ptr(sp.get("occ"), u8),

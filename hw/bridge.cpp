@@ -37,7 +37,14 @@ int32_t grace_conv_check(const grace_conv_cfg_t *cfg, int32_t *tile_rows) {
 
 int32_t grace_conv2d(const int8_t *x, const int8_t *w, const int32_t *params, const int8_t *res,
                      int8_t *y, const grace_conv_cfg_t *cfg) {
-    return conv_engine(x, w, params, res, y, *cfg);
+    return conv_engine(x, w, params, res, y, x, *cfg);
+}
+
+// The engine with its ports as the registers give them (the simulated board): x1 is the
+// input's second read port, the same address as x on a correct driver.
+int32_t grace_conv2d_ports(const int8_t *x, const int8_t *w, const int32_t *params, const int8_t *res,
+                           int8_t *y, const int8_t *x1, const grace_conv_cfg_t *cfg) {
+    return conv_engine(x, w, params, res, y, x1, *cfg);
 }
 
 int32_t grace_gs_check(const grace_gs_cfg_t *cfg, int32_t *planes) {

@@ -12,7 +12,7 @@
 
 #include <stdint.h>
 
-#define GRACE_HW_ABI_VERSION 2
+#define GRACE_HW_ABI_VERSION 3  // 3: grace_conv2d_ports (the conv engine's x1 port)
 
 // ---- status codes (decoder_fpga.int8_ref.EngineStatus); engines return -code ----------
 enum grace_status {
@@ -43,6 +43,7 @@ enum grace_status {
 #define CONV_W_BANK_BYTES 4096   // each of the CONV_PE_CO weight banks
 #define CONV_OUT_TILE_PIX 1024   // tile_rows * w_out, per output-channel lane
 #define CONV_MAX_TILE_ROWS 16
+#define CONV_MAX_PIX_GROUP 8   // pixels of one dense pass (cout <= 4, stride 1)
 
 // ---- grid-sample engine limits (int8_ref.GridLimits) ----------------------------------
 #define GS_MAX_CH 1024

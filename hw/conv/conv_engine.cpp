@@ -85,7 +85,8 @@ struct layer_t {
     int32_t rows_cap;  // input rows reserved per channel group in the input tile
     int32_t wpr;       // 64-bit words per input row
     int32_t cig_n;     // 8-channel input groups
-    int32_t n_cot;     // 32-channel output groups
+    int32_t n_cot;     // output-channel groups (ceil(cout / 32))
+    int32_t gco;       // channels a group: ceil(cout / n_cot) rounded up to 8 (<= 32): balanced
     int32_t n_rt;      // row tiles
 };
 
@@ -93,7 +94,8 @@ struct tile_t {
     int32_t rt, cot;   // row tile, output-channel group
     int32_t oy0, nrows;
     int32_t ry_lo, ry_n;  // real input rows [ry_lo, ry_lo + ry_n)
-    int32_t lanes;        // output channels of this group (<= 32)
+    int32_t c0;           // first output channel of this group (cot * gco)
+    int32_t lanes;        // output channels of this group (<= gco)
 };
 
 // The per-channel epilogue parameters of the current 32-channel group (registers).
@@ -132,7 +134,8 @@ tile_t make_tile(const layer_t &L, int32_t t) {
     T.ry_lo = L.up ? vlo >> 1 : vlo;
     const int32_t ry_hi = L.up ? vhi >> 1 : vhi;
     T.ry_n = ry_hi - T.ry_lo + 1;
-    T.lanes = L.cout - T.cot * CONV_PE_CO < CONV_PE_CO ? L.cout - T.cot * CONV_PE_CO : CONV_PE_CO;
+    T.c0 = T.cot * L.gco;
+    T.lanes = L.cout - T.c0 < L.gco ? L.cout - T.c0 : L.gco;
     return T;
 }
 
@@ -154,40 +157,56 @@ BEAT_RD:
 }
 
 // ---- load stage: the input rows of a row tile and the residual tile --------------------
-// Input (when the tile starts a row tile, gmem0): lane l = channel % 8 holds, for channel
-// group g = channel / 8, rows [0, rows_cap) of ceil(w/8) words each: word
-// (g * rows_cap + r) * wpr + j = x 8j..8j+7 of row ry_lo + r; lanes of channels >= cin
-// hold 0. The tile's rows of one channel are contiguous in DDR: one run of beats (one
-// burst when w is a multiple of 8). Residual (gmem2): lanes x ceil(rows*wo/8) words, 8
-// pixels a word, one burst a lane. Both streams advance in one pipelined loop, a beat of
-// each a cycle (two m_axi bundles), so the stage takes the longer of the two.
-void load_tile(const int8_t *x, const int8_t *res, const layer_t &L, const tile_t &TI, int32_t c_lo,
-               int32_t c_hi, const tile_t &T, grace_word_t inb[CONV_PE_CI][IN_WORDS],
+// Input (gmem0 and gmem1): lane l = channel % 8 holds, for channel group g = channel / 8,
+// rows [0, rows_cap) of ceil(w/8) words each: word (g * rows_cap + r) * wpr + j = x
+// 8j..8j+7 of row ry_lo + r; lanes of channels >= cin hold 0. The tile's rows of one channel
+// are contiguous in DDR: one run of beats (one burst when w is a multiple of 8). The even
+// channels come through port x (gmem0), the odd ones through port x1 (gmem1, which carries
+// the weights and parameters only before the tile loop; x1 = x): two beats a cycle, into
+// different lane banks (even / odd lanes). Residual (gmem2): lanes x ceil(rows*wo/8) words,
+// 8 pixels a word, one burst a lane. The three streams advance in one pipelined loop, a
+// beat of each a cycle, so the stage takes the longest of the three.
+struct in_stream_t {
+    int32_t c, r, j;  // channel, row, word
+};
+
+inline void load_in_beat(const int8_t *x, const layer_t &L, const tile_t &TI, in_stream_t &S,
+                         grace_word_t inb[CONV_PE_CI][IN_WORDS]) {
+#pragma HLS INLINE
+    const int8_t *src = x + ((int64_t)S.c * L.h + TI.ry_lo + S.r) * L.w + GRACE_WORD_BYTES * S.j;
+    inb[S.c % CONV_PE_CI][((S.c / CONV_PE_CI) * L.rows_cap + S.r) * L.wpr + S.j] =
+        S.c < L.cin ? read_beat(src, L.w - GRACE_WORD_BYTES * S.j) : 0;
+    if (++S.j == L.wpr) {
+        S.j = 0;
+        if (++S.r == TI.ry_n) {
+            S.r = 0;
+            S.c += 2;  // the next channel of this port's parity
+        }
+    }
+}
+
+void load_tile(const int8_t *x, const int8_t *x1, const int8_t *res, const layer_t &L, const tile_t &TI,
+               int32_t c_lo, int32_t c_hi, const tile_t &T, grace_word_t inb[CONV_PE_CI][IN_WORDS],
                grace_word_t resb[CONV_PE_CO][OUT_WORDS]) {
     // TI: the row tile whose input channels [c_lo, c_hi) load; T: the tile whose residual loads
-    const int32_t n_in = (c_hi - c_lo) * TI.ry_n * L.wpr;
+    const int32_t c_even = c_lo + (c_lo & 1), c_odd = c_lo + 1 - (c_lo & 1);
+    const int32_t n_even = c_hi > c_even ? (c_hi - c_even + 1) / 2 : 0;
+    const int32_t n_odd = c_hi > c_odd ? (c_hi - c_odd + 1) / 2 : 0;
+    const int32_t per_ch = TI.ry_n * L.wpr;
+    const int32_t n_in0 = n_even * per_ch, n_in1 = n_odd * per_ch;
     const int32_t npix = T.nrows * L.wo, rw = grace_words(npix);
     const int32_t n_res = L.res ? T.lanes * rw : 0;
-    const int32_t n = n_in > n_res ? n_in : n_res;
-    int32_t c = c_lo, r = 0, j = 0;  // input: channel, row, word
-    int32_t po = 0, k = 0;        // residual: lane, word
+    int32_t n = n_in0 > n_in1 ? n_in0 : n_in1;
+    if (n_res > n) n = n_res;
+    in_stream_t S0 = {c_even, 0, 0}, S1 = {c_odd, 0, 0};
+    int32_t po = 0, k = 0;  // residual: lane, word
 LOAD_BEAT:
     for (int32_t it = 0; it < n; ++it) {
 #pragma HLS PIPELINE II = 1
-        if (it < n_in) {
-            const int8_t *src = x + ((int64_t)c * L.h + TI.ry_lo + r) * L.w + GRACE_WORD_BYTES * j;
-            inb[c % CONV_PE_CI][((c / CONV_PE_CI) * L.rows_cap + r) * L.wpr + j] =
-                c < L.cin ? read_beat(src, L.w - GRACE_WORD_BYTES * j) : 0;
-            if (++j == L.wpr) {
-                j = 0;
-                if (++r == TI.ry_n) {
-                    r = 0;
-                    ++c;
-                }
-            }
-        }
+        if (it < n_in0) load_in_beat(x, L, TI, S0, inb);   // gmem0: even lanes
+        if (it < n_in1) load_in_beat(x1, L, TI, S1, inb);  // gmem1: odd lanes
         if (it < n_res) {
-            const int8_t *src = res + ((int64_t)(T.cot * CONV_PE_CO + po) * L.ho + T.oy0) * L.wo;
+            const int8_t *src = res + ((int64_t)(T.c0 + po) * L.ho + T.oy0) * L.wo;
             resb[po][k] = read_beat(src + GRACE_WORD_BYTES * k, npix - GRACE_WORD_BYTES * k);
             if (++k == rw) {
                 k = 0;
@@ -203,7 +222,7 @@ void store_output(int8_t *y, const layer_t &L, const tile_t &T,
     const int32_t npix = T.nrows * L.wo;
 STORE_LANE:
     for (int32_t po = 0; po < T.lanes; ++po) {
-        int8_t *dst = y + ((int64_t)(T.cot * CONV_PE_CO + po) * L.ho + T.oy0) * L.wo;
+        int8_t *dst = y + ((int64_t)(T.c0 + po) * L.ho + T.oy0) * L.wo;
     STORE_WORD:
         for (int32_t j = 0; j < grace_words(npix); ++j) {
 #pragma HLS PIPELINE II = 1
@@ -218,12 +237,13 @@ STORE_LANE:
 }
 
 // The 8 lanes of channel group cig for the P pixels (ox0 .. ox0+P-1) of one output row at
-// kernel tap (ky, kx). Their real columns span at most 7 (stride 2: 6; upsample: 2), so they
+// kernel tap (ky, kx). Their real columns span at most 8 (P = 8 at stride 1; P = 4 at
+// stride 2: 7; upsample: 5), so they
 // lie in at most two consecutive words of the row: two reads of each lane bank (its two
 // BRAM ports), then a byte select per pixel. Zero outside the (virtual) input.
 inline void read_group(const grace_word_t inb[CONV_PE_CI][IN_WORDS], const layer_t &L,
                        const tile_t &T, int32_t cig, int32_t vy, int32_t vx0, int32_t P,
-                       int8_t out[4][CONV_PE_CI]) {
+                       int8_t out[CONV_MAX_PIX_GROUP][CONV_PE_CI]) {
 #pragma HLS INLINE
     const bool row_in = vy >= 0 && vy < L.hv;
     const int32_t base = row_in ? (cig * L.rows_cap + (L.up ? vy >> 1 : vy) - T.ry_lo) * L.wpr : 0;
@@ -239,7 +259,7 @@ READ_PORTS:
         w1[pi] = row_in && two ? inb[pi][base + j0 + 1] : 0;      // port B
     }
 READ_PIX:
-    for (int32_t u = 0; u < 4; ++u) {
+    for (int32_t u = 0; u < CONV_MAX_PIX_GROUP; ++u) {
 #pragma HLS UNROLL
         const int32_t vx = vx0 + u * L.s;
         const bool inside = u < P && row_in && vx >= 0 && vx < L.wv;
@@ -254,9 +274,12 @@ READ_PIX:
 }
 
 // Pixels a dense pass computes at once: the 32 PE rows are P pixels x 32/P output channels
-// (4 x 8 for cout <= 8, 2 x 16 for cout <= 16, else 1 x 32); the weight banks hold the
-// channels' weights once per pixel (conv_engine's weight load).
-inline int32_t pixel_group(int32_t cout) { return cout <= CONV_PE_CO / 4 ? 4 : cout <= CONV_PE_CO / 2 ? 2 : 1; }
+// (8 x 4 for cout <= 4 at stride 1, 4 x 8 for cout <= 8, 2 x 16 for cout <= 16, else
+// 1 x 32); the weight banks hold the channels' weights once per pixel (conv_engine's
+// weight load). 8 pixels at stride 2 would span 15 columns, i.e. up to three words.
+inline int32_t pixel_group(int32_t cout, int32_t stride) {
+    return cout <= CONV_PE_CO / 8 && stride == 1 ? 8 : cout <= CONV_PE_CO / 4 ? 4 : cout <= CONV_PE_CO / 2 ? 2 : 1;
+}
 
 // Per lane: collect output bytes into a word, write it when full or at the tile's end.
 // (In hardware the 32 words completed at a word boundary drain one a cycle through a
@@ -277,9 +300,9 @@ void compute_dense(const layer_t &L, const tile_t &T, const grace_word_t inb[CON
                    const grace_word_t resb[CONV_PE_CO][OUT_WORDS],
                    grace_word_t outb[CONV_PE_CO][OUT_WORDS]) {
     const int32_t npix = T.nrows * L.wo;
-    const int32_t P = pixel_group(L.cout);
+    const int32_t P = pixel_group(L.cout, L.s);
     const int32_t cpg = CONV_PE_CO / P;               // PE rows (channels) a pixel
-    const int32_t cpg_sh = P == 4 ? 3 : P == 2 ? 4 : 5;  // log2(cpg): PE row -> pixel
+    const int32_t cpg_sh = P == 8 ? 2 : P == 4 ? 3 : P == 2 ? 4 : 5;  // log2(cpg): PE row -> pixel
     const int32_t gpr = ceil_div(L.wo, P);            // groups a row
     const int32_t n_grp = T.nrows * gpr;
     const int32_t n_mac = L.cig_n * L.kk;             // MAC slots a group
@@ -302,7 +325,7 @@ DENSE_PIPE:
 #pragma HLS PIPELINE II = 1
         // MAC slot (cig, ky, kx) of group `grp`.
         if (grp < n_grp && slot < n_mac) {
-            int8_t a[4][CONV_PE_CI];
+            int8_t a[CONV_MAX_PIX_GROUP][CONV_PE_CI];
             read_group(inb, L, T, cig, (T.oy0 + oyl) * L.s + ky - L.p, ox0 * L.s + kx - L.p, P, a);
             const int32_t widx = (T.cot * L.cig_n + cig) * L.kk + ky * L.k + kx;
         PE_PAIR:
@@ -390,8 +413,8 @@ void compute_depthwise(const layer_t &L, const tile_t &T, const grace_word_t inb
     const int32_t npix = T.nrows * L.wo;
 DW_GROUP:
     for (int32_t g = 0; g < CONV_PE_CO / CONV_PE_CI; ++g) {
-        const int32_t c0 = T.cot * CONV_PE_CO + g * CONV_PE_CI;  // a multiple of 8: one lane group
-        if (c0 >= L.cout) break;
+        if (g * CONV_PE_CI >= T.lanes) break;
+        const int32_t c0 = T.c0 + g * CONV_PE_CI;  // a multiple of 8: one lane group
         const int32_t cig = c0 / CONV_PE_CI;
         grace_word_t opack[CONV_PE_CI], rpack[CONV_PE_CI];
 #pragma HLS ARRAY_PARTITION variable = opack complete
@@ -516,17 +539,19 @@ int32_t conv_check(const grace_conv_cfg_t *cfg, int32_t *tile_rows) {
 }
 
 int32_t conv_engine(const int8_t *x, const int8_t *w, const int32_t *params, const int8_t *res,
-                    int8_t *y, grace_conv_cfg_t cfg) {
+                    int8_t *y, const int8_t *x1, grace_conv_cfg_t cfg) {
 #pragma HLS INTERFACE m_axi port = x offset = slave bundle = gmem0 max_read_burst_length = 64
 #pragma HLS INTERFACE m_axi port = w offset = slave bundle = gmem1
 #pragma HLS INTERFACE m_axi port = params offset = slave bundle = gmem1
 #pragma HLS INTERFACE m_axi port = res offset = slave bundle = gmem2
 #pragma HLS INTERFACE m_axi port = y offset = slave bundle = gmem2 max_write_burst_length = 64
+#pragma HLS INTERFACE m_axi port = x1 offset = slave bundle = gmem1 max_read_burst_length = 64
 #pragma HLS INTERFACE s_axilite port = x bundle = control
 #pragma HLS INTERFACE s_axilite port = w bundle = control
 #pragma HLS INTERFACE s_axilite port = params bundle = control
 #pragma HLS INTERFACE s_axilite port = res bundle = control
 #pragma HLS INTERFACE s_axilite port = y bundle = control
+#pragma HLS INTERFACE s_axilite port = x1 bundle = control
 #pragma HLS INTERFACE s_axilite port = cfg bundle = control
 #pragma HLS INTERFACE s_axilite port = return bundle = control
     // On-chip buffers (static: BRAM/LUTRAM in hardware, off the stack in C simulation).
@@ -572,6 +597,7 @@ int32_t conv_engine(const int8_t *x, const int8_t *w, const int32_t *params, con
     L.wpr = grace_words(L.w);
     L.cig_n = ceil_div(L.cin, CONV_PE_CI);
     L.n_cot = ceil_div(L.cout, CONV_PE_CO);
+    L.gco = ceil_div(ceil_div(L.cout, L.n_cot), CONV_PE_CI) * CONV_PE_CI;
     L.n_rt = ceil_div(L.ho, L.tr);
 
     // Per-channel epilogue parameters (12 bytes a channel: II 2 on the 64-bit port);
@@ -607,9 +633,11 @@ LOAD_W_CO:
             for (int32_t t = 0; t < 9; ++t) stage[t] = 0;
             // dense: weights of (co, cig*8 + lane, tap); depthwise: of (cig*8 + lane, tap)
             const int32_t n_lane = L.cin - cig * CONV_PE_CI < CONV_PE_CI ? L.cin - cig * CONV_PE_CI : CONV_PE_CI;
-            // with P-pixel groups (cout <= 16), bank co holds channel co % (32 / P)
-            const int32_t src_co = pixel_group(L.cout) > 1 ? co % (CONV_PE_CO / pixel_group(L.cout)) : co;
-            const bool real = L.dw || src_co < L.cout;
+            // bank po = co % 32 of group cot = co / 32 holds channel cot * gco + po (po < gco);
+            // with P-pixel groups (cout <= 16, one group), channel po % (32 / P)
+            const int32_t P = pixel_group(L.cout, L.s), po = co % CONV_PE_CO, cot = co / CONV_PE_CO;
+            const int32_t src_co = P > 1 ? po % (CONV_PE_CO / P) : cot * L.gco + po;
+            const bool real = L.dw || (src_co < L.cout && (P > 1 || po < L.gco));
             const int8_t *src = L.dw ? w + (int64_t)cig * CONV_PE_CI * L.kk
                                      : w + ((int64_t)src_co * L.cin + cig * CONV_PE_CI) * L.kk;
             const int32_t n_bytes = real ? n_lane * L.kk : 0;
@@ -659,14 +687,14 @@ TILE_LOOP:
             if (c_hi > ci_pad) c_hi = ci_pad;
             if (rt_in >= L.n_rt || c_lo > c_hi) c_lo = c_hi = 0;  // nothing left to load
             const tile_t TI = make_tile(L, rt_in < L.n_rt ? rt_in * L.n_cot : 0);
-            load_tile(x, res, L, TI, c_lo, c_hi, T, in_buf[rt_in & 1], res_buf[t & 1]);
+            load_tile(x, x1, res, L, TI, c_lo, c_hi, T, in_buf[rt_in & 1], res_buf[t & 1]);
         }
         if (t >= 1 && t <= n_tiles) {
             const tile_t T = make_tile(L, t - 1);
         GROUP_PARAMS:  // the group's 32 {bias, M, S} from LUTRAM into registers
             for (int32_t po = 0; po < CONV_PE_CO; ++po) {
 #pragma HLS PIPELINE II = 1
-                const int32_t co = T.cot * CONV_PE_CO + po;
+                const int32_t co = T.c0 + po;
                 G.b[po] = bias_tab[co];
                 G.m[po] = m_tab[co];
                 G.s[po] = s_tab[co];

@@ -16,9 +16,11 @@ int32_t conv_check(const grace_conv_cfg_t *cfg, int32_t *tile_rows);
 //   params int32 [cout][3] = {bias, M, S} per output channel
 //   res    int8  [cout][h_out][w_out] (read only when cfg.residual)
 //   y      int8  [cout][h_out][w_out]
+//   x1     the same address as x: the input's second read port (bundle gmem1; the odd
+//          channels come through it)
 // Returns 0, or -status for a configuration or parameter it cannot take (nothing is
 // written to y then).
 int32_t conv_engine(const int8_t *x, const int8_t *w, const int32_t *params, const int8_t *res,
-                    int8_t *y, grace_conv_cfg_t cfg);
+                    int8_t *y, const int8_t *x1, grace_conv_cfg_t cfg);
 
 #endif

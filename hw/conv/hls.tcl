@@ -24,6 +24,7 @@ create_clock -period 10 -name default   ;# 100 MHz
 set_clock_uncertainty 12.5%
 config_interface -m_axi_addr64=false    ;# Zynq-7000 HP ports take 32-bit addresses
 config_interface -m_axi_alignment_byte_size 64 -m_axi_max_widen_bitwidth 64
+# x and x1 are the same input through two bundles (gmem0, gmem1): two beats a cycle
 
 # C simulation with the committed golden vectors and 50 random cases (as make csim).
 csim_design -argv "$vectors 50"

@@ -75,7 +75,7 @@ void run_case(const char *name, conv_case &t) {
         cfg.tile_rows = tr;
         std::vector<int8_t> y(t.expect.size(), (int8_t)0x5a);
         const int32_t r = conv_engine(t.x.data(), t.w.data(), t.params.data(),
-                                      t.res.empty() ? nullptr : t.res.data(), y.data(), cfg);
+                                      t.res.empty() ? nullptr : t.res.data(), y.data(), t.x.data(), cfg);
         TB_CHECK(r == 0, "%s tile_rows=%d: engine returned %d", name, tr, r);
         size_t bad = 0, first = 0;
         for (size_t i = 0; i < y.size(); ++i)
@@ -183,35 +183,35 @@ void rejections() {
     std::vector<int8_t> x(1 << 16, 1), w(1 << 20, 1), y(1 << 16, 7), res(1 << 16, 1);
     std::vector<int32_t> params(3 * 1024, 1);
     for (const bad_case &b : cases) {
-        const int32_t r = conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), b.cfg);
+        const int32_t r = conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), x.data(), b.cfg);
         TB_CHECK(r == -b.status, "config rejected with %d, expected %d", r, -b.status);
     }
     // Out-of-range per-channel parameters (data, not configuration).
     grace_conv_cfg_t c = {8, 8, 4, 4, 3, 1, 0, 0, 0, 0, 0, 0, 0};
     for (int32_t co = 0; co < 8; ++co) { params[3 * co] = 0; params[3 * co + 1] = 1 << 30; params[3 * co + 2] = 30; }
     params[3 * 5 + 2] = 63;
-    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), c) == -GRACE_BAD_REQUANT, "S=63 accepted");
+    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), x.data(), c) == -GRACE_BAD_REQUANT, "S=63 accepted");
     params[3 * 5 + 2] = 0;
-    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), c) == -GRACE_BAD_REQUANT, "S=0 accepted");
+    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), x.data(), c) == -GRACE_BAD_REQUANT, "S=0 accepted");
     params[3 * 5 + 2] = 8;  // fine alone, too small with a residual
-    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), c) == 0, "S=8 rejected");
+    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), x.data(), c) == 0, "S=8 rejected");
     std::fill(y.begin(), y.end(), (int8_t)7);
     c.residual = 1;
     c.res_m = 1 << 30;
     c.res_s = 31;
-    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), c) == -GRACE_BAD_REQUANT, "S=8 with a residual accepted");
+    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), x.data(), c) == -GRACE_BAD_REQUANT, "S=8 with a residual accepted");
     c.residual = 0;
     params[3 * 5 + 2] = 30;
     params[3 * 7] = GRACE_BIAS_LIMIT + 1;
-    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), c) == -GRACE_BAD_BIAS, "bias 2^30+1 accepted");
+    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), x.data(), c) == -GRACE_BAD_BIAS, "bias 2^30+1 accepted");
     params[3 * 7] = 0;
     w[77] = -128;  // the packed DSPs take [-127, 127]
-    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), c) == -GRACE_BAD_WEIGHT, "weight -128 accepted");
+    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), x.data(), c) == -GRACE_BAD_WEIGHT, "weight -128 accepted");
     c.depthwise = 1;
     c.cin = c.cout = 8;
     w[77] = 1;
     w[71] = -128;  // inside the 8 x 9 depthwise weights
-    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), c) == -GRACE_BAD_WEIGHT, "dw weight -128 accepted");
+    TB_CHECK(conv_engine(x.data(), w.data(), params.data(), res.data(), y.data(), x.data(), c) == -GRACE_BAD_WEIGHT, "dw weight -128 accepted");
     bool untouched = true;
     for (int8_t v : y) untouched = untouched && v == 7;
     TB_CHECK(untouched, "a rejected call wrote to y");

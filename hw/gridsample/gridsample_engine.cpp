@@ -15,12 +15,15 @@
 // four bilinear taps (y0|y0+1, x0|x0+1) always fall in four different banks, so one output
 // value is one read of each bank; the two BRAM ports of each bank serve two outputs (two
 // neighbouring pixels of one plane row) a cycle: 2 samplers, II = 1 per pixel pair.
-// Passes are double-buffered: planes of pass g+1 load while pass g samples. Output rows
-// are software-pipelined too: the grid row (x, y: int16, bundle gmem1) and the occlusion
-// row (bundle gmem3) of output row i+1 are read (8-byte beats, the two bundles in
-// parallel) into one half of a ping-pong row buffer while row i is sampled for every plane of the pass from the other half; each
-// plane's output row goes out as 8-byte beats from a ping-pong row buffer while the next
-// plane's row is sampled.
+// Passes are double-buffered: planes of pass g+1 load while pass g samples. The grid is
+// read in blocks of whole output rows (as many as fit 2048 values: 8 rows at 256 wide, so
+// one burst of x, one of y and one of the occlusion map per block instead of per row): the
+// grid block (x, y: int16, bundle gmem1) and the occlusion block (bundle gmem3) of block
+// b+1 are read (8-byte beats, the two bundles in parallel) into one half of ping-pong
+// block buffers while block b is sampled from the other half. A block's (row, plane)
+// items run row-major, every plane of the pass for a row; each item's output row goes out
+// as 8-byte beats from a ping-pong row buffer while the next item samples (across rows
+// too, so a pass of one plane is sample-bound, not sample + store).
 //
 // ---- Data paths ---------------------------------------------------------------------------
 // Every load/store loop moves one 8-byte beat per iteration (PIPELINE II=1, the bytes
@@ -30,14 +33,15 @@
 // ---- Resources (estimates, unverified) -------------------------------------------------
 // DSP: per sampler 4 tap multipliers (int8 x 13-bit weight), the occlusion multiply (20 x 8
 // bit), the requant (28 x 31 bit, 4 DSP48E1) -> 9; two samplers 18. BRAM: 2 halves x 4 banks
-// x 4096 x 32 bit = 128 KiB = 32 BRAM36; grid rows 2 x (2 x 1024 x int16), occlusion rows
-// 2 x 1024 x uint8, output rows 2 x 128 x 64 bit -> ~5 (see perf.py).
+// x 4096 x 32 bit = 128 KiB = 32 BRAM36; grid blocks 2 x (2 x 2048 x int16), occlusion
+// blocks 2 x 2048 x uint8, output rows 2 x 128 x 64 bit -> ~7 (see perf.py).
 #include "gridsample_engine.h"
 
 namespace {
 
 constexpr int32_t BANK_WORDS = GS_BANK_BYTES / 4;  // 32-bit words a parity bank
 constexpr int32_t OUT_ROW_WORDS = GS_MAX_W_OUT / GRACE_WORD_BYTES;
+constexpr int32_t GS_ROW_BUF = 2048;  // grid / occlusion values of one half of the block buffers
 
 struct gs_layer_t {
     int32_t c, h, w, ho, wo, occ, m, s;
@@ -111,8 +115,8 @@ SAMPLE_BANK:
 
 // One output row of one plane: two samplers, a pixel pair a cycle, into 64-bit words.
 void sample_row(const gs_layer_t &L, int32_t p, const uint32_t pb[4][BANK_WORDS],
-                const int16_t gx_row[GS_MAX_W_OUT], const int16_t gy_row[GS_MAX_W_OUT],
-                const uint8_t occ_row[GS_MAX_W_OUT], grace_word_t out_row[OUT_ROW_WORDS]) {
+                const int16_t *gx_row, const int16_t *gy_row, const uint8_t *occ_row,
+                grace_word_t out_row[OUT_ROW_WORDS]) {
     grace_word_t pack = 0;
 SAMPLE_PAIR:
     for (int32_t jj = 0; jj < ceil_div(L.wo, 2); ++jj) {
@@ -129,31 +133,34 @@ SAMPLE_PAIR:
     }
 }
 
-// The grid row (x then y, gmem1: 4 coordinates a beat) and the occlusion row i (gmem3: 8
-// values a beat) in one pipelined loop, a beat of each bundle a cycle.
-void load_grid_row(const int16_t *grid, const uint8_t *occ, const gs_layer_t &L, int32_t i,
-                   int16_t gx_row[GS_MAX_W_OUT], int16_t gy_row[GS_MAX_W_OUT],
-                   uint8_t occ_row[GS_MAX_W_OUT]) {
-    const int64_t plane = (int64_t)L.ho * L.wo;
-    const int32_t n_g = ceil_div(L.wo, 4);                 // beats of one coordinate row
-    const int32_t n_o = L.occ ? grace_words(L.wo) : 0;     // beats of the occlusion row
+// The grid rows (x then y, gmem1: 4 coordinates a beat) and the occlusion rows (gmem3: 8
+// values a beat) of the block of output rows [i0, i0 + nr) in one pipelined loop, a beat of
+// each bundle a cycle. The block's rows are contiguous in DDR: one run of beats for x, one
+// for y, one for the occlusion map.
+void load_grid_block(const int16_t *grid, const uint8_t *occ, const gs_layer_t &L, int32_t i0,
+                     int32_t nr, int16_t gx_blk[GS_ROW_BUF], int16_t gy_blk[GS_ROW_BUF],
+                     uint8_t occ_blk[GS_ROW_BUF]) {
+    const int64_t plane = (int64_t)L.ho * L.wo, base = (int64_t)i0 * L.wo;
+    const int32_t ne = nr * L.wo;                          // values of one coordinate
+    const int32_t n_g = ceil_div(ne, 4);                   // beats of one coordinate
+    const int32_t n_o = L.occ ? grace_words(ne) : 0;       // beats of the occlusion rows
     const int32_t n = 2 * n_g > n_o ? 2 * n_g : n_o;
 GRID_BEAT:
     for (int32_t j = 0; j < n; ++j) {
 #pragma HLS PIPELINE II = 1
-        if (j < 2 * n_g) {  // x row, then y row
+        if (j < 2 * n_g) {  // x rows, then y rows
             const int32_t jj = j < n_g ? j : j - n_g;
-            const int16_t *src = grid + (j < n_g ? 0 : plane) + (int64_t)i * L.wo;
-            int16_t *dst = j < n_g ? gx_row : gy_row;
+            const int16_t *src = grid + (j < n_g ? 0 : plane) + base;
+            int16_t *dst = j < n_g ? gx_blk : gy_blk;
         GRID_COORD:
             for (int32_t b = 0; b < 4; ++b)
-                if (4 * jj + b < L.wo) dst[4 * jj + b] = src[4 * jj + b];
+                if (4 * jj + b < ne) dst[4 * jj + b] = src[4 * jj + b];
         }
         if (j < n_o) {
         GRID_OCC:
             for (int32_t b = 0; b < GRACE_WORD_BYTES; ++b)
-                if (GRACE_WORD_BYTES * j + b < L.wo)
-                    occ_row[GRACE_WORD_BYTES * j + b] = occ[(int64_t)i * L.wo + GRACE_WORD_BYTES * j + b];
+                if (GRACE_WORD_BYTES * j + b < ne)
+                    occ_blk[GRACE_WORD_BYTES * j + b] = occ[base + GRACE_WORD_BYTES * j + b];
         }
     }
 }
@@ -167,27 +174,50 @@ STORE_BEAT:
     }
 }
 
+// Rows per grid block: as many whole output rows as fit the row buffers (8 at 256 wide).
+inline int32_t block_rows(const gs_layer_t &L) {
+    const int32_t r = GS_ROW_BUF / L.wo;
+    return r < L.ho ? r : L.ho;
+}
+
 void sample_pass(const int16_t *grid, const uint8_t *occ, int8_t *y, const gs_layer_t &L,
                  int32_t c0, int32_t n, const uint32_t pb[4][BANK_WORDS]) {
-    static int16_t gx_row[2][GS_MAX_W_OUT], gy_row[2][GS_MAX_W_OUT];
-    static uint8_t occ_row[2][GS_MAX_W_OUT];
+    static int16_t gx_blk[2][GS_ROW_BUF], gy_blk[2][GS_ROW_BUF];
+    static uint8_t occ_blk[2][GS_ROW_BUF];
     static grace_word_t out_row[2][OUT_ROW_WORDS];
-#pragma HLS ARRAY_PARTITION variable = gx_row complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = gy_row complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = occ_row complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = gx_blk complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = gy_blk complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = occ_blk complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = out_row complete dim = 1
     const int64_t plane = (int64_t)L.ho * L.wo;
-    // load grid row i || sample row i-1 (every plane of the pass)
-PASS_ROW:
-    for (int32_t i = 0; i <= L.ho; ++i) {
-        if (i < L.ho) load_grid_row(grid, occ, L, i, gx_row[i & 1], gy_row[i & 1], occ_row[i & 1]);
-        if (i >= 1) {
-            const int32_t r = i - 1;
-            // sample plane p || store plane p-1 (ping-pong output row)
-        PASS_PLANE:
-            for (int32_t p = 0; p <= n; ++p) {
-                if (p < n) sample_row(L, p, pb, gx_row[r & 1], gy_row[r & 1], occ_row[r & 1], out_row[p & 1]);
-                if (p >= 1) store_row(y + (c0 + p - 1) * plane + (int64_t)r * L.wo, L.wo, out_row[(p - 1) & 1]);
+    const int32_t R = block_rows(L), n_blk = ceil_div(L.ho, R);
+    // load grid block b || sample block b-1: its (row, plane) items, row-major, each
+    // item's output row stored while the next item samples (ping-pong output row)
+PASS_BLOCK:
+    for (int32_t b = 0; b <= n_blk; ++b) {
+        if (b < n_blk) {
+            const int32_t i0 = b * R;
+            load_grid_block(grid, occ, L, i0, L.ho - i0 < R ? L.ho - i0 : R, gx_blk[b & 1], gy_blk[b & 1],
+                            occ_blk[b & 1]);
+        }
+        if (b >= 1) {
+            const int32_t h = (b - 1) & 1, i0 = (b - 1) * R;
+            const int32_t nr = L.ho - i0 < R ? L.ho - i0 : R, n_items = nr * n;
+            int32_t r = 0, p = 0;    // the item sampling
+            int32_t rs = 0, ps = 0;  // the item storing (the previous one)
+        PASS_ITEM:
+            for (int32_t k = 0; k <= n_items; ++k) {
+                if (k < n_items)
+                    sample_row(L, p, pb, gx_blk[h] + r * L.wo, gy_blk[h] + r * L.wo, occ_blk[h] + r * L.wo,
+                               out_row[k & 1]);
+                if (k >= 1)
+                    store_row(y + (c0 + ps) * plane + (int64_t)(i0 + rs) * L.wo, L.wo, out_row[(k - 1) & 1]);
+                rs = r;
+                ps = p;
+                if (++p == n) {
+                    p = 0;
+                    ++r;
+                }
             }
         }
     }

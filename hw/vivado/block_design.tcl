@@ -56,10 +56,13 @@ foreach slave [list conv_engine_0/s_axi_control gridsample_engine_0/s_axi_contro
         intc_ip {New AXI Interconnect}] [get_bd_intf_pins $slave]
 }
 
-# Data: conv gmem0 (input) + gridsample gmem3 (occlusion) -> HP0, conv gmem1 (weights,
-# params) + gridsample gmem1 (grid) -> HP1, conv gmem2 (residual, output) -> HP2,
-# gridsample gmem0 (planes) + gmem2 (output) -> HP3. (The engines run one call at a time,
-# so two masters on one HP port do not compete.)
+# Data: conv gmem0 (input, even channels) + gridsample gmem3 (occlusion) -> HP0, conv
+# gmem1 (weights, params before the tile loop; the input's odd channels through port x1
+# during it) + gridsample gmem1 (grid) -> HP1, conv gmem2 (residual, output) -> HP2,
+# gridsample gmem0 (planes) + gmem2 (output) -> HP3. So the conv engine streams on three
+# HP ports at once (two input reads, the residual read and the output write), within the
+# DDR's ~1.6 GB/s sustained (decoder_fpga/perf.py Assumptions.ddr_bytes_per_cycle). (The
+# engines run one call at a time, so two masters on one HP port do not compete.)
 set data_map [list \
     conv_engine_0/m_axi_gmem0 S_AXI_HP0 \
     gridsample_engine_0/m_axi_gmem3 S_AXI_HP0 \

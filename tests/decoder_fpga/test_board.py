@@ -172,7 +172,7 @@ def conv_setup(dev: SimDevice, rng, cin=8, cout=16, hw=8):
     cfg = dict(cin=cin, cout=cout, h=hw, w=hw, k=3, stride=1, depthwise=0, relu=0, upsample=0,
                residual=0, res_m=0, res_s=0, tile_rows=0)  # fmt: skip
     args = dict(x=bx.physical_address, w=bw.physical_address, params=bw.physical_address + w.nbytes,
-                res=0, y=by.physical_address, cfg=cfg)  # fmt: skip
+                res=0, y=by.physical_address, x1=bx.physical_address, cfg=cfg)  # fmt: skip
     expect = ref.conv2d_int8(x, w, params[:, 0], params[:, 1], params[:, 2])
     return (bx, bw, by), args, expect
 
@@ -196,6 +196,30 @@ def test_engine_through_registers_and_coherence_rules():
     bx.array[0] ^= 1  # a CPU write not flushed, then an invalidate would drop it
     with pytest.raises(DeviceError, match="never flushed"):
         bx.invalidate()
+
+
+def test_conv_reads_odd_channels_through_x1():
+    """The conv engine's second read port is real: x1 (gmem1) carries the odd input
+    channels, so a register map whose x1 points at another copy of the input computes
+    with that copy's odd channels and x's even ones."""
+    rng = np.random.default_rng(2)
+    dev = SimDevice()
+    (bx, bw, by), args, _ = conv_setup(dev, rng)
+    x = bx.array.view(np.int8).reshape(8, 8, 8).copy()
+    x_alt = rng.integers(-128, 128, x.shape).astype(np.int8)
+    b_alt = dev.allocate(x.nbytes, "x_alt")
+    b_alt.array[:] = x_alt.reshape(-1).view(np.uint8)
+    for b in (bx, bw, by, b_alt):
+        b.flush()
+    EngineDriver(dev.engine("conv"), R.CONV).run(**{**args, "x1": b_alt.physical_address})
+    by.invalidate()
+    mixed = x.copy()
+    mixed[1::2] = x_alt[1::2]
+    wp = bw.array.view(np.uint8)
+    w = wp[: 16 * 8 * 9].view(np.int8).reshape(16, 8, 3, 3)
+    params = wp[16 * 8 * 9 :].view(np.int32).reshape(16, 3)
+    expect = ref.conv2d_int8(mixed, w, params[:, 0], params[:, 1], params[:, 2])
+    np.testing.assert_array_equal(by.array.view(np.int8).reshape(expect.shape), expect)
 
 
 def test_busy_start_unaligned_and_out_of_range():
@@ -331,7 +355,7 @@ def test_board_engines_match_int8_ref():
                residual=0, res_m=0, res_s=0, tile_rows=0)  # fmt: skip
     EngineDriver(dev.engine("conv"), R.CONV).run(
         x=bx.physical_address, w=bw.physical_address, params=bw.physical_address + w.nbytes,
-        res=0, y=by.physical_address, cfg=cfg,
+        res=0, y=by.physical_address, x1=bx.physical_address, cfg=cfg,
     )  # fmt: skip
     by.invalidate()
     expect = ref.conv2d_int8(x, w, params[:, 0], params[:, 1], params[:, 2])

@@ -97,7 +97,15 @@ def test_conv_every_tile_size_gives_the_same_result():
         (24, 24, 7, 128, 3, 1, True, True),  # depthwise upsample to the full output width
         (33, 17, 11, 255, 3, 2, False, False),  # odd width, stride 2
         (96, 96, 13, 64, 1, 1, False, False),  # a decoder pointwise conv
-        (24, 3, 6, 256, 3, 1, False, False),  # grace-s's `out`: 4-pixel groups, 3 lanes
+        (24, 3, 6, 256, 3, 1, False, False),  # grace-s's `out`: 8-pixel groups, 3 lanes
+        (9, 4, 7, 61, 3, 1, False, False),  # 8-pixel groups, 4 lanes, odd width
+        (5, 1, 6, 37, 3, 1, False, True),  # 8-pixel groups on an upsampled input
+        (17, 4, 9, 77, 3, 2, False, False),  # cout <= 4 at stride 2: 4-pixel groups
+        (8, 2, 5, 256, 1, 1, False, False),  # 8-pixel groups, 1x1, epilogue slots
+        (48, 48, 12, 256, 3, 1, True, False),  # depthwise 48: two balanced groups of 24
+        (40, 40, 10, 64, 3, 2, True, False),  # depthwise 40: groups of 24 + 16
+        (24, 48, 9, 128, 1, 1, False, False),  # dense 48: two balanced groups of 24
+        (16, 72, 5, 40, 3, 1, False, False),  # dense 72: three groups of 24
         (8, 96, 9, 64, 1, 1, False, False),  # 1 MAC slot a pixel: epilogue-bound slots
         (16, 24, 5, 250, 1, 1, False, False),  # 2 MAC slots, 3 epilogue slots, odd width
         (32, 12, 7, 99, 3, 2, False, False),  # 2-pixel groups, stride 2, odd width

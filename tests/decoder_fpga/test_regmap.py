@@ -108,7 +108,7 @@ def test_layout_rules(addr64):
                 assert a.words == (2 if addr64 else 1)
             off += 4 * (a.words + 1)  # data words + one reserved word
         assert m.span >= off and m.span & (m.span - 1) == 0
-    assert R.conv_map(False).arg("cfg").offset == 0x40
+    assert R.conv_map(False).arg("cfg").offset == 0x48
     assert R.conv_map(True).arg("y").offset == 0x48
     assert R.gridsample_map(False).arg("cfg").offset == 0x38
     assert (R.CTRL, R.GIE, R.IER, R.ISR, R.AP_RETURN) == (0, 4, 8, 12, 16)
