@@ -31,9 +31,12 @@ The program carries the float weights' digest; a stream made for other weights i
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -95,33 +98,159 @@ class CsimEngines:
 
 # ---------------------------------------------------------------------------------------
 # ARM-side ops (numpy; the board's ARM runs the same code)
+#
+# Cost (docs/hardware.md "The ARM side"): the constant parts are computed once per size
+# (resize taps, pixel grids, functools.cache) and every per-frame op is the float64
+# arithmetic of the previous, straightforward version, in the same order, so the results
+# are the same bits; what changed is fewer temporaries (in-place ops, out=), gathers of
+# the three affine coefficients instead of a (H, W, 2, 3) table, and the work that only
+# depends on the landmarks (`prepare_frame_inputs`) split from the work that needs the
+# motion head, so that a lookahead (`Int8Generator.render_many`) can run it ahead.
+
+
+@functools.cache
+def _taps(n_in: int, n_out: int):
+    """Bilinear taps of torch's interpolate (align_corners=False, source index clamped at
+    0, edge replicated): i0, i1 (int64) and the weights 1 - f, f (float64), read-only."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    f = src - i0
+    out = (i0, i1, 1.0 - f, f)
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 def resize_bilinear(x: np.ndarray, size: int) -> np.ndarray:
     """float (C, H, W) -> float64 (C, size, size): torch's bilinear interpolate,
     align_corners=False, no antialias (source index clamped at 0, edges replicated)."""
-
-    def taps(n_in: int, n_out: int):
-        src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        f = src - i0
-        return i0, i1, 1.0 - f, f
-
     x = np.asarray(x, np.float64)
-    i0, i1, a, b = taps(x.shape[1], size)
-    y = x[:, i0, :] * a[None, :, None] + x[:, i1, :] * b[None, :, None]
-    j0, j1, a, b = taps(x.shape[2], size)
-    return y[:, :, j0] * a[None, None, :] + y[:, :, j1] * b[None, None, :]
+    i0, i1, a, b = _taps(x.shape[1], size)
+    y = np.take(x, i0, axis=1)
+    y *= a[None, :, None]
+    t = np.take(x, i1, axis=1)
+    t *= b[None, :, None]
+    y += t
+    j0, j1, a, b = _taps(x.shape[2], size)
+    z = np.take(y, j0, axis=2)
+    z *= a[None, None, :]
+    t = np.take(y, j1, axis=2)
+    t *= b[None, None, :]
+    z += t
+    return z
 
 
-def grid_to_fixed_clamped(grid: np.ndarray, h: int, w: int) -> np.ndarray:
+def _to_q96(p: np.ndarray, n: int, out: np.ndarray) -> None:
+    """Normalised coordinates p (H, W) float64 of an n-pixel axis -> Q9.6 pixels in `out`
+    (int16), clamped to the edge pixels' centres: ref.grid_to_fixed's arithmetic
+    (((g + 1) n - 1) / 2 x 64, round half up, NaN -> far outside) then the clamp."""
+    t = p + 1.0
+    t *= n
+    t -= 1.0
+    t /= 2.0
+    t *= ref.GRID_ONE
+    t += 0.5
+    np.floor(t, out=t)
+    np.nan_to_num(t, copy=False, nan=-32768.0)
+    np.clip(t, 0, (n - 1) * ref.GRID_ONE, out=t)
+    out[...] = t
+
+
+def grid_to_fixed_clamped(grid: np.ndarray, h: int, w: int, out=None) -> np.ndarray:
     """Normalised grid (2, Ho, Wo) -> int16 Q9.6 pixels of an (h, w) input, clamped to the
-    edge pixels' centres ([0, w - 1] x [0, h - 1]) as grace-s's `warp` clamps its grid."""
-    q = ref.grid_to_fixed(grid, h, w)
-    q[0] = np.clip(q[0], 0, (w - 1) * ref.GRID_ONE)
-    q[1] = np.clip(q[1], 0, (h - 1) * ref.GRID_ONE)
-    return q
+    edge pixels' centres ([0, w - 1] x [0, h - 1]) as grace-s's `warp` clamps its grid
+    (= clip(ref.grid_to_fixed(grid, h, w)) bit for bit); written into `out` when given."""
+    g = np.asarray(grid, np.float64)
+    if out is None:
+        out = np.empty(g.shape, np.int16)
+    _to_q96(g[0], w, out[0])
+    _to_q96(g[1], h, out[1])
+    return out
+
+
+@functools.cache
+def _pixel_grid(size: int):
+    ys, xs = np.mgrid[0:size, 0:size]
+    xs, ys = xs.astype(np.float64), ys.astype(np.float64)
+    xs.flags.writeable = ys.flags.writeable = False
+    return xs, ys
+
+
+def backward_grid(ref_lm: np.ndarray, lm: np.ndarray, size: int) -> np.ndarray:
+    """= flow.normalised_grid(*flow.backward_map(ref_lm, lm, size, size)) bit for bit
+    (tests/decoder_fpga/test_backends.py holds it), computed with fewer temporaries: the
+    triangle corners rounded once, each map as three coefficient gathers (an identity map
+    appended for the pixels no triangle covers, which gives x and y exactly)."""
+    import cv2
+
+    from codec.generators import flow
+
+    ref_lm = np.asarray(ref_lm, np.float64)
+    lm = np.asarray(lm, np.float64)
+    ref_ring, border = flow._ring(ref_lm), flow._border(size, size)
+    pose = flow.similarity_fit(ref_lm, lm)
+    ring = ref_ring @ pose[:, :2].T + pose[:, 2]
+    src = np.vstack([ref_lm, ref_ring, border])
+    dst = np.vstack([lm, ring, border])
+    tri = flow._triangles(size, size)
+    dst_tri = dst[tri]
+    aff = flow._triangle_affines(dst_tri, src[tri])  # (T, 2, 3)
+    n = len(tri)
+    ids = np.full((size, size), n, np.int32)
+    corners = np.round(dst_tri * 16).astype(np.int32)
+    for i in range(n):
+        cv2.fillConvexPoly(ids, corners[i], i, cv2.LINE_8, 4)
+    coef = np.concatenate([aff.reshape(n, 6), [[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]]]).T.copy()
+    xs, ys = _pixel_grid(size)
+    maps = []
+    for r in (0, 3):  # map_x = a00 x + a01 y + a02, map_y = a10 x + a11 y + a12
+        m = coef[r][ids]
+        m *= xs
+        t = coef[r + 1][ids]
+        t *= ys
+        m += t
+        m += coef[r + 2][ids]
+        maps.append(m.astype(np.float32))
+    return flow.normalised_grid(*maps)
+
+
+def landmark_heatmaps(landmarks: np.ndarray, frame_size: int, size: int) -> np.ndarray:
+    """= flow.landmark_heatmaps(landmarks, frame_size, size) bit for bit (sigma 1.5 px),
+    with the squared distances separable: (x - px)^2 per column plus (y - py)^2 per row,
+    the same float64 values without the (points, size, size) coordinate grids."""
+    from codec.generators.flow import LANDMARK_GROUPS
+
+    sigma = 1.5
+    pts = (np.asarray(landmarks, np.float64) + 0.5) * (size / frame_size) - 0.5
+    r = np.arange(size, dtype=np.float64)
+    dx2 = (r[None, :] - pts[:, 0, None]) ** 2  # (68, size)
+    dy2 = (r[None, :] - pts[:, 1, None]) ** 2
+    out = np.empty((len(LANDMARK_GROUPS), size, size), np.float32)
+    for g, idx in enumerate(LANDMARK_GROUPS):
+        sl = slice(idx.start, idx.stop)
+        d2 = (dx2[sl, None, :] + dy2[sl, :, None]).min(axis=0)
+        out[g] = np.exp(-d2 / (2 * sigma**2))
+    return out
+
+
+def prepare_frame_inputs(ref_lm: np.ndarray, landmarks: np.ndarray, size: int,
+                         heat_scale: float) -> dict:  # fmt: skip
+    """What a frame needs from its landmarks alone (no engine result), in ARM memory:
+    the backward map (float64, kept for motion_head), its 64 and 128 px resizes, the
+    64 px Q9.6 grid and the int8 target heatmaps. Pure: safe on a worker thread."""
+    q = size // 4
+    grid = backward_grid(ref_lm, landmarks, size).astype(np.float64)
+    grid64 = resize_bilinear(grid, q)
+    heat = landmark_heatmaps(landmarks, size, q)
+    return {
+        "landmarks": np.array(landmarks, np.float64),
+        "grid": grid,
+        "grid64": grid64,
+        "grid128": resize_bilinear(grid, 2 * q),
+        "grid64_q": grid_to_fixed_clamped(grid64, q, q),
+        "heat_q": ref.quantize(heat, heat_scale),
+    }
 
 
 def _reference_input(run: ProgramRunner, image: np.ndarray, landmarks: np.ndarray, **_):
@@ -140,18 +269,22 @@ def _reference_input(run: ProgramRunner, image: np.ndarray, landmarks: np.ndarra
     run.view("ref_heat")[...] = ref.quantize(heat, run.scale("ref_heat"))
 
 
-def _frame_inputs(run: ProgramRunner, landmarks: np.ndarray, **_):
+def _frame_inputs(run: ProgramRunner, landmarks: np.ndarray, prepared: dict | None = None, **_):
     """Landmarks -> the backward map (kept on the ARM), its 64x64 resize as a Q9.6 grid,
-    the target heatmaps and a copy of the reference heatmaps into mot_in."""
-    from codec.generators.flow import network_inputs
-
-    s = run.size
-    q = s // 4
-    grid, heat = network_inputs(run.state["ref_lm"], landmarks, s)
-    run.state["grid"] = grid.astype(np.float64)
-    run.state["grid64"] = resize_bilinear(grid, q)
-    run.view("grid64")[...] = grid_to_fixed_clamped(run.state["grid64"], q, q)
-    run.view("mot_in.heat")[...] = ref.quantize(heat, run.scale("mot_in.heat"))
+    the target heatmaps and a copy of the reference heatmaps into mot_in. `prepared`: the
+    same computed ahead (`prepare_frame_inputs`, for these landmarks); only the arena
+    writes are left here."""
+    p = prepared
+    lm = np.asarray(landmarks, np.float64)
+    if (
+        p is None
+        or p.get("ref_lm") is not run.state["ref_lm"]
+        or not np.array_equal(p["landmarks"], lm)
+    ):
+        p = run.prepare(landmarks)
+    run.state["frame"] = p
+    run.view("grid64")[...] = p["grid64_q"]
+    run.view("mot_in.heat")[...] = p["heat_q"]
     run.view("mot_in.ref_heat")[...] = run.view("ref_heat")
 
 
@@ -160,28 +293,60 @@ def _motion_head(run: ProgramRunner, **_):
     occlusion maps: sigmoid, bilinear resizes and the sums in float64 on the ARM."""
     s = run.size
     q = s // 4
-    head = run.view("mot_head").astype(np.float64) * run.scale("mot_head")
-    delta = head[:2] * run.program.meta["config"]["flow_scale"]
-    occ = 1.0 / (1.0 + np.exp(-head[2:3]))
-    grid = run.state["grid"]
-    g64 = run.state["grid64"] + delta
-    g128 = resize_bilinear(grid, 2 * q) + resize_bilinear(delta, 2 * q)
-    g256 = grid + resize_bilinear(delta, s)
-    run.view("g64")[...] = grid_to_fixed_clamped(g64, q, q)
-    run.view("g128")[...] = grid_to_fixed_clamped(g128, 2 * q, 2 * q)
-    run.view("g256")[...] = grid_to_fixed_clamped(g256, s, s)
+    p = run.state["frame"]
+    head = run.view("mot_head").astype(np.float64)
+    head *= run.scale("mot_head")
+    delta = head[:2]
+    delta *= run.program.meta["config"]["flow_scale"]
+    occ = head[2:3]
+    np.negative(occ, out=occ)
+    np.exp(occ, out=occ)
+    occ += 1.0
+    np.divide(1.0, occ, out=occ)
+    g = p["grid64"] + delta
+    grid_to_fixed_clamped(g, q, q, out=run.view("g64"))
+    g = resize_bilinear(delta, 2 * q)
+    g += p["grid128"]  # = resize(grid) + resize(delta): addition commutes exactly
+    grid_to_fixed_clamped(g, 2 * q, 2 * q, out=run.view("g128"))
+    g = resize_bilinear(delta, s)
+    g += p["grid"]
+    grid_to_fixed_clamped(g, s, s, out=run.view("g256"))
     run.view("occ64")[...] = ref.occlusion_to_fixed(occ[0])
     run.view("occ128")[...] = ref.occlusion_to_fixed(resize_bilinear(occ, 2 * q)[0])
     run.view("occ256")[...] = ref.occlusion_to_fixed(resize_bilinear(occ, s)[0])
 
 
-def _output(run: ProgramRunner, **_):
+@functools.cache
+def _output_lut(s_wref: float, s_out: float) -> np.ndarray:
+    """uint8 (65536,): the output pixel for every (warp(ref - 0.5), out) int8 pair, indexed
+    by (wref & 0xff) << 8 | (out & 0xff): the float64 arithmetic of `output_image`, done
+    once per pair of scales instead of once per pixel (same bits)."""
+    v = np.arange(256, dtype=np.uint8).view(np.int8).astype(np.float64)
+    img = (v * s_wref + 0.5)[:, None] + (v * s_out)[None, :]
+    lut = np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8).reshape(-1)
+    lut.flags.writeable = False
+    return lut
+
+
+def output_image(wref: np.ndarray, out: np.ndarray, s_wref: float, s_out: float) -> np.ndarray:
+    """int8 warp(ref - 0.5) and out (3, S, S) -> uint8 (S, S, 3): warp(ref) + out, clamp
+    to [0, 1], x 255, rounding half to even like the torch backend (through a table of
+    the 65536 int8 pairs, `_output_lut`). Pure (worker-safe)."""
+    idx = np.left_shift(wref.view(np.uint8).transpose(1, 2, 0), 8, dtype=np.uint16)
+    idx |= out.view(np.uint8).transpose(1, 2, 0)
+    return _output_lut(float(s_wref), float(s_out))[idx]
+
+
+def _output(run: ProgramRunner, defer_output: bool = False, **_):
     """warp(ref) + out -> clamp to [0, 1] -> uint8 (S, S, 3), rounding half to even like
-    the torch backend; warp(ref) = warp(ref - 0.5) + 0.5 (the grid stays inside)."""
-    img = run.view("wref256").astype(np.float64) * run.scale("wref256") + 0.5
-    img = img + run.view("out").astype(np.float64) * run.scale("out")
-    out = np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
-    run.state["image"] = np.ascontiguousarray(out.transpose(1, 2, 0))
+    the torch backend; warp(ref) = warp(ref - 0.5) + 0.5 (the grid stays inside).
+    defer_output: only copy the two int8 operands out of the arena (`state["output_raw"]`,
+    for `output_image` on a worker while the engines run the next frame)."""
+    args = (run.view("wref256"), run.view("out"), run.scale("wref256"), run.scale("out"))
+    if defer_output:
+        run.state["output_raw"] = (args[0].copy(), args[1].copy(), *args[2:])
+    else:
+        run.state["image"] = output_image(*args)
 
 
 ARM_OPS = {
@@ -222,6 +387,14 @@ class ProgramRunner:
 
     def scale(self, name: str) -> float:
         return float(self.program.tensor(name)["scale"])
+
+    def prepare(self, landmarks: np.ndarray) -> dict:
+        """`prepare_frame_inputs` for the current key frame (pure: a worker may run it)."""
+        p = prepare_frame_inputs(
+            self.state["ref_lm"], landmarks, self.size, self.scale("mot_in.heat")
+        )
+        p["ref_lm"] = self.state["ref_lm"]
+        return p
 
     def run(self, stage: str, **inputs) -> None:
         for st in self.program.steps(stage):
@@ -415,6 +588,90 @@ class Int8Generator:
             raise RuntimeError("render() before set_reference()")
         self.runner.run("frame", landmarks=np.asarray(landmarks, np.float64))
         return self.runner.state.pop("image")
+
+    def _deliver_deferred(self, image: np.ndarray) -> np.ndarray:
+        """A frame converted on the worker, handed out (the board copies it into its
+        double-buffered frame buffers)."""
+        return image
+
+    def render_many(self, landmarks_seq) -> Iterator[np.ndarray]:
+        """Lookahead rendering of the frames of one key frame: yields, in order, the uint8
+        (S, S, 3) frame of each landmarks of `landmarks_seq` (any iterable, read one frame
+        ahead), bit for bit `[render(lm) for lm in landmarks_seq]`.
+
+        The co-processor schedule: one ARM worker thread prepares frame t+1's inputs
+        (`prepare_frame_inputs`: the backward map, its resizes, the heatmaps) and converts
+        frame t-1's output while this thread runs frame t's engine steps (the C engines
+        release the GIL, so the overlap is real in csim / pynq-sim too). The worker only
+        touches ARM memory (its inputs, double-buffered: one set in use, one being made,
+        and copies of the output operands); every arena access stays on this thread, in
+        program order. motion_head stays between the motion net and the decoder of the
+        same frame. Call set_reference first; do not call it while iterating."""
+        if not self._has_ref:
+            raise RuntimeError("render_many() before set_reference()")
+        run = self.runner
+        it = iter(landmarks_seq)
+
+        def _next():
+            lm = next(it, None)
+            return None if lm is None else np.asarray(lm, np.float64)
+
+        with _ArmWorker() as arm, self._overlap(arm):
+            nxt = _next()
+            ahead = arm.submit(run.prepare, nxt) if nxt is not None else None
+            pending = None  # frame t-1's output conversion
+            while nxt is not None:
+                cur, prepared = nxt, ahead
+                nxt = _next()
+                if nxt is not None:
+                    ahead = arm.submit(run.prepare, nxt)
+                run.run("frame", landmarks=cur, prepared=prepared.result(), defer_output=True)
+                done = arm.submit(output_image, *run.state.pop("output_raw"))
+                if pending is not None:
+                    yield self._deliver_deferred(pending.result())
+                pending = done
+            if pending is not None:
+                yield self._deliver_deferred(pending.result())
+
+    def _overlap(self, worker: _ArmWorker):
+        """A context for the overlapped schedule (the board's driver gives the GIL away
+        while it polls and the worker has work); nothing to do here."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class _ArmWorker:
+    """The ARM worker of render_many: one thread, and whether it has work (`busy`)."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="grace-arm")
+        self._jobs = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn, *args):
+        with self._lock:
+            self._jobs += 1
+
+        def job():
+            try:
+                return fn(*args)
+            finally:
+                with self._lock:
+                    self._jobs -= 1
+
+        return self.pool.submit(job)
+
+    def busy(self) -> bool:
+        return self._jobs > 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown(wait=True)
 
 
 class CsimGenerator(Int8Generator):

@@ -17,6 +17,7 @@ buffer (persistent tensors of the program) for every frame that follows.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -58,6 +59,7 @@ class BoardRunner(ProgramRunner):
         before = dict(b.times)
         t_start = time.perf_counter()
         engines = arm = 0
+        inline = 0.0  # ARM time of the ops render_many keeps on the critical path
         for st in self.program.steps(stage):
             if st["op"] in ("conv", "grid_sample"):
                 b.run_step(st)
@@ -68,11 +70,13 @@ class BoardRunner(ProgramRunner):
                 ARM_OPS[st["node"]](self, **inputs)
                 dt = time.perf_counter() - t0 - (b.times.get("invalidate", 0.0) - inv0)
                 b.times["arm"] = b.times.get("arm", 0.0) + dt
+                if st["node"] == "motion_head":
+                    inline += dt
                 arm += 1
         if "image" in self.state:
             self.state["image"] = b.output_frame(self.state["image"]).copy()
         rec = {s: b.times.get(s, 0.0) - before.get(s, 0.0) for s in STAGES}
-        rec.update(stage=stage, engine_steps=engines, arm_ops=arm)
+        rec.update(stage=stage, engine_steps=engines, arm_ops=arm, arm_inline=inline)
         rec["total"] = time.perf_counter() - t_start
         self.trace.append(rec)
 
@@ -82,6 +86,7 @@ class BoardGenerator(Int8Generator):
     None). Other arguments as Int8Generator (program, checkpoint, calibration, ...)."""
 
     name = "pynq-sim"
+    yield_while_polling = True  # render_many: give the GIL away while polling (see _overlap)
 
     def __init__(
         self,
@@ -108,6 +113,30 @@ class BoardGenerator(Int8Generator):
 
         return SimDevice()
 
+    def _deliver_deferred(self, image: np.ndarray) -> np.ndarray:
+        return self.board.output_frame(image).copy()
+
+    @contextlib.contextmanager
+    def _overlap(self, worker):
+        """While render_many runs: the engine drivers yield the GIL at every poll while
+        the ARM worker has work (on the board the poll is Python MMIO reads; without it
+        the worker would wait for the interpreter's switch interval). Off on pynq-sim
+        (`yield_while_polling`): there the engine runs inside a register read, in C,
+        without the GIL, and a sleep(0) on a loaded host costs a time slice (measured:
+        +30-60 ms a frame here)."""
+        if not self.yield_while_polling:
+            yield
+            return
+        engines = list(self.board.engines.values())
+        before = [e.yield_gil for e in engines]
+        for e in engines:
+            e.yield_gil = worker.busy
+        try:
+            yield
+        finally:
+            for e, v in zip(engines, before):
+                e.yield_gil = v
+
     @property
     def trace(self) -> list[dict]:
         return self.runner.trace
@@ -121,12 +150,14 @@ class PynqSimGenerator(BoardGenerator):
     """`pynq-sim`: the driver on the simulated device (C-simulated engines)."""
 
     name = "pynq-sim"
+    yield_while_polling = False
 
 
 class PynqGenerator(BoardGenerator):
     """`pynq`: the driver on the PYNQ-Z1 (pynq imported only here, on the board)."""
 
     name = "pynq"
+    yield_while_polling = True
 
     def _device(self) -> Device:
         from .pynq_device import PynqDevice

@@ -105,6 +105,11 @@ class EngineDriver:
         self.map = rmap
         self.timeout_s = timeout_s
         self.poll_s = poll_s  # sleep between polls (0: busy-poll, as PYNQ's DefaultIP)
+        # None, or a callable: while it returns True, give the GIL away at every poll
+        # (time.sleep(0)) so that the ARM worker thread of the overlapped schedule runs
+        # while this thread waits for ap_done (not always: on a loaded host a sleep(0)
+        # can cost a scheduler time slice)
+        self.yield_gil = None
         self.runs = 0
 
     def status(self) -> dict[str, bool]:
@@ -143,6 +148,8 @@ class EngineDriver:
                 )
             if self.poll_s:
                 time.sleep(self.poll_s)
+            elif self.yield_gil is not None and self.yield_gil():
+                time.sleep(0)
         self.runs += 1
         ret = self.regs.read(R.AP_RETURN)
         return (ret ^ 0x80000000) - 0x80000000  # int32

@@ -185,3 +185,63 @@ def test_stale_shipped_program_is_refused(tmp_path, checkpoint, program):
     (tmp_path / "model.json").write_text('{"arch": "grace-s", "digest": "00000000000000ff"}')
     with pytest.raises(ModelMismatchError, match="decoder_fpga.quantize"):
         Int8Generator(checkpoint=ckpt)
+
+
+# ---- the ARM side: the faster ops give the same bits as the straightforward ones ---------
+
+
+def _landmark_sets(size, n=5):
+    rng = np.random.default_rng(11)
+    base = mean_face(size).astype(np.float64)
+    return base, [base + rng.normal(0, size / 64, base.shape) for _ in range(n)]
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_arm_backward_grid_and_heatmaps_equal_codec(size):
+    from codec.generators.flow import network_inputs
+
+    ref_lm, lms = _landmark_sets(size)
+    for lm in lms:
+        grid, heat = network_inputs(ref_lm, lm, size)
+        np.testing.assert_array_equal(backends.backward_grid(ref_lm, lm, size), grid)
+        np.testing.assert_array_equal(backends.landmark_heatmaps(lm, size, size // 4), heat)
+
+
+def test_arm_output_table_equals_the_float_formula():
+    rng = np.random.default_rng(2)
+    w = rng.integers(-128, 128, (3, 16, 16)).astype(np.int8)
+    o = rng.integers(-128, 128, (3, 16, 16)).astype(np.int8)
+    for s1, s2 in ((0.5 / 127, 0.0041), (0.5 / 127, 0.013)):
+        img = w.astype(np.float64) * s1 + 0.5 + o.astype(np.float64) * s2
+        want = np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0)
+        np.testing.assert_array_equal(backends.output_image(w, o, s1, s2), want)
+
+
+def test_arm_grid_to_fixed_equals_int8_ref():
+    from decoder_fpga import int8_ref as ref
+
+    rng = np.random.default_rng(5)
+    g = rng.uniform(-1.3, 1.3, (2, 32, 48))
+    g[0, 0, 0] = np.nan
+    want = ref.grid_to_fixed(g, 20, 30)
+    want[0] = np.clip(want[0], 0, 29 * ref.GRID_ONE)
+    want[1] = np.clip(want[1], 0, 19 * ref.GRID_ONE)
+    np.testing.assert_array_equal(backends.grid_to_fixed_clamped(g, 20, 30), want)
+
+
+def test_render_many_equals_render(program):
+    lms = [face((3.0 * k, -1.0 * k), mouth=2.0 * k) for k in range(4)]
+    gen = Int8Generator(program=program)
+    with pytest.raises(RuntimeError):
+        list(gen.render_many(lms))
+    gen.set_reference(key_frame(0), face())
+    want = [gen.render(lm) for lm in lms]
+    got = list(gen.render_many(iter(lms)))
+    assert len(got) == len(want)
+    for x, y in zip(want, got):
+        np.testing.assert_array_equal(x, y)
+    assert list(gen.render_many([])) == []
+    # inputs prepared for other landmarks are not used: the op recomputes them
+    p = gen.runner.prepare(np.asarray(lms[0], np.float64))
+    gen.runner.run("frame", landmarks=np.asarray(lms[1], np.float64), prepared=p)
+    np.testing.assert_array_equal(gen.runner.state.pop("image"), want[1])
