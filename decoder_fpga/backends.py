@@ -31,12 +31,16 @@ The program carries the float weights' digest; a stream made for other weights i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import tempfile
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -290,11 +294,17 @@ def _frame_inputs(run: ProgramRunner, landmarks: np.ndarray, prepared: dict | No
 
 def _motion_head(run: ProgramRunner, **_):
     """The head (grid refinement, occlusion logit) -> Q9.6 grids at 64/128/256 and uint8
-    occlusion maps: sigmoid, bilinear resizes and the sums in float64 on the ARM."""
+    occlusion maps: sigmoid, bilinear resizes and the sums in float64 on the ARM.
+
+    Split in two (same arithmetic, same bits): the 64 px grid and occlusion, which the
+    decoder's first warp (wf2) needs at once, here; the 128 px and 256 px ones
+    (`motion_head_late`, only needed by wf1 and by wf0 / wref256) handed to
+    `ProgramRunner.defer`, which computes them at once (`render`) or on the ARM worker
+    while the engines run the 64 px decoder stage (`render_many`)."""
     s = run.size
     q = s // 4
     p = run.state["frame"]
-    head = run.view("mot_head").astype(np.float64)
+    head = run.view("mot_head").astype(np.float64)  # a copy in ARM memory
     head *= run.scale("mot_head")
     delta = head[:2]
     delta *= run.program.meta["config"]["flow_scale"]
@@ -305,15 +315,20 @@ def _motion_head(run: ProgramRunner, **_):
     np.divide(1.0, occ, out=occ)
     g = p["grid64"] + delta
     grid_to_fixed_clamped(g, q, q, out=run.view("g64"))
-    g = resize_bilinear(delta, 2 * q)
-    g += p["grid128"]  # = resize(grid) + resize(delta): addition commutes exactly
-    grid_to_fixed_clamped(g, 2 * q, 2 * q, out=run.view("g128"))
-    g = resize_bilinear(delta, s)
-    g += p["grid"]
-    grid_to_fixed_clamped(g, s, s, out=run.view("g256"))
     run.view("occ64")[...] = ref.occlusion_to_fixed(occ[0])
-    run.view("occ128")[...] = ref.occlusion_to_fixed(resize_bilinear(occ, 2 * q)[0])
-    run.view("occ256")[...] = ref.occlusion_to_fixed(resize_bilinear(occ, s)[0])
+    # the half-size part first: wf1 needs it before wf0 needs the full-size one
+    run.defer(("g128", "occ128"), motion_head_late, delta, occ, p["grid128"], 2 * q)
+    run.defer(("g256", "occ256"), motion_head_late, delta, occ, p["grid"], s)
+
+
+def motion_head_late(delta: np.ndarray, occ: np.ndarray, grid: np.ndarray, n: int):
+    """One of motion_head's larger sizes (n = S/2 or S: "g128"/"occ128", "g256"/"occ256"):
+    the Q9.6 grid resize(delta) + grid (the backward map at n px) and the uint8 occlusion
+    map, (int16 (2, n, n), uint8 (n, n)) in ARM memory. Pure (reads its float64 arguments
+    only, writes new arrays): safe on a worker thread."""
+    g = resize_bilinear(delta, n)
+    g += grid  # = resize(grid) + resize(delta): addition commutes exactly
+    return grid_to_fixed_clamped(g, n, n), ref.occlusion_to_fixed(resize_bilinear(occ, n)[0])
 
 
 @functools.cache
@@ -355,10 +370,32 @@ ARM_OPS = {
     "motion_head": _motion_head,
     "output": _output,
 }
+DEFERRING_OPS = {"motion_head"}  # ARM ops that hand part of their work to `defer`
 
 
 # ---------------------------------------------------------------------------------------
 # The program runner
+
+
+def tensor_span(program: Program, name: str) -> tuple[int, int]:
+    """The arena bytes [start, end) of tensor `name`."""
+    t = program.tensor(name)
+    n = int(np.prod(t["shape"])) * np.dtype(DTYPES[t["dtype"]]).itemsize
+    return t["offset"], t["offset"] + n
+
+
+def join_step(program: Program, stage: str, after: int, outputs) -> int:
+    """Index of the first step of `stage` after step `after` that reads or writes the
+    bytes of any tensor of `outputs` (where deferred ARM work for them must be in the
+    arena: `ProgramRunner.defer`); len(steps) when none does."""
+    spans = [tensor_span(program, n) for n in outputs]
+    steps = program.steps(stage)
+    for i in range(after + 1, len(steps)):
+        names = (*steps[i].get("inputs", ()), *steps[i].get("outputs", ()))
+        for c, d in (tensor_span(program, n) for n in names):
+            if any(a < d and c < b for a, b in spans):
+                return i
+    return len(steps)
 
 
 class ProgramRunner:
@@ -371,10 +408,84 @@ class ProgramRunner:
         self.arena = np.zeros(program.arena_bytes, np.uint8)
         self.weights = np.frombuffer(program.weights, np.uint8)
         self.state: dict = {}  # ARM-side memory (landmarks, the float backward map)
+        self._setup()
+
+    def _setup(self) -> None:
+        """Checks the ARM ops and notes the arena bytes each step touches (`defer`)."""
+        self.worker = None  # render_many's ARM worker while it runs (see defer)
+        self._pending: list = []  # deferred ARM results not in the arena yet
+        self.arm_times = {"deferred": 0.0, "join": 0.0, "wait": 0.0}  # host s, cumulative
+        self.deferred_times: dict[tuple, list] = {}  # outputs -> [compute s, write s]
+        self._touch = {}
         for stage in ("reference", "frame"):
-            for st in program.steps(stage):
+            for st in self.program.steps(stage):
                 if st["op"] == "arm" and st["node"] not in ARM_OPS:
                     raise CompileError(f"the program needs ARM op {st['node']!r}, unknown here")
+            self._touch[stage] = [
+                [self._span(n) for n in (*st.get("inputs", ()), *st.get("outputs", ()))]
+                for st in self.program.steps(stage)
+            ]
+
+    def _span(self, name: str) -> tuple[int, int]:
+        return tensor_span(self.program, name)
+
+    def defers(self, stage: str) -> bool:
+        """Whether the stage has an ARM op that defers work (`DEFERRING_OPS`)."""
+        return any(st.get("node") in DEFERRING_OPS for st in self.program.steps(stage))
+
+    def _released(self) -> None:
+        """After an ARM op that deferred work, and at the end of a stage: the worker's
+        held jobs may start (they queue behind the deferred work)."""
+        if self.worker is not None:
+            self.worker.release()
+
+    def _clock(self) -> float:
+        """Host seconds of ARM work (the board runner leaves out cache maintenance)."""
+        return time.perf_counter()
+
+    def defer(self, outputs: tuple[str, ...], fn, *args) -> None:
+        """ARM work `fn(*args)` -> one array per tensor of `outputs`, which no step needs
+        before the first one that touches those tensors' arena bytes. Without a worker
+        (`render`) it is done and written now, in program order. With one (`render_many`)
+        it goes to the worker ahead of the worker's other queued work, and this thread
+        writes the results into the arena just before that step (`_join`), so the worker
+        never touches the arena and the arena holds, at every step, the same bytes as in
+        `render`."""
+        if self.worker is None:
+            t0 = self._clock()
+            res = fn(*args)
+            self._note(outputs, self._clock() - t0)
+            self._write(outputs, res)
+            return
+        spans = [self._span(n) for n in outputs]
+        self._pending.append((spans, outputs, self.worker.submit(_timed, fn, *args, first=True)))
+
+    def _join(self, touch: list | None = None) -> None:
+        """Before a step touching the byte ranges `touch` (None: at the end of the stage,
+        all): waits for the deferred work whose outputs overlap them and writes it."""
+        keep = []
+        for spans, names, fut in self._pending:
+            if touch is None or any(a < d and c < b for a, b in spans for c, d in touch):
+                t0 = time.perf_counter()
+                res, dt = fut.result()
+                self.arm_times["wait"] += time.perf_counter() - t0
+                self._note(names, dt)
+                self._write(names, res)
+            else:
+                keep.append((spans, names, fut))
+        self._pending = keep
+
+    def _note(self, names, dt: float) -> None:
+        self.arm_times["deferred"] += dt
+        self.deferred_times.setdefault(tuple(names), [0.0, 0.0])[0] += dt
+
+    def _write(self, names, arrays) -> None:
+        t0 = self._clock()
+        for n, a in zip(names, arrays):
+            self.view(n)[...] = a
+        dt = self._clock() - t0
+        self.arm_times["join"] += dt
+        self.deferred_times.setdefault(tuple(names), [0.0, 0.0])[1] += dt
 
     def _at(self, buf: np.ndarray, off: int, shape, dtype) -> np.ndarray:
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -397,7 +508,10 @@ class ProgramRunner:
         return p
 
     def run(self, stage: str, **inputs) -> None:
-        for st in self.program.steps(stage):
+        self._pending = []
+        for st, touch in zip(self.program.steps(stage), self._touch[stage]):
+            if self._pending:
+                self._join(touch)
             op = st["op"]
             if op == "conv":
                 c = st["cfg"]
@@ -429,6 +543,16 @@ class ProgramRunner:
                 self._at(self.arena, st["y"], (c["c"], c["ho"], c["wo"]), np.int8)[...] = y
             else:
                 ARM_OPS[st["node"]](self, **inputs)
+                if st["node"] in DEFERRING_OPS:
+                    self._released()
+        self._released()
+        self._join()
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    res = fn(*args)
+    return res, time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------------------
@@ -605,8 +729,11 @@ class Int8Generator:
         release the GIL, so the overlap is real in csim / pynq-sim too). The worker only
         touches ARM memory (its inputs, double-buffered: one set in use, one being made,
         and copies of the output operands); every arena access stays on this thread, in
-        program order. motion_head stays between the motion net and the decoder of the
-        same frame. Call set_reference first; do not call it while iterating."""
+        program order. Of motion_head only the 64 px grid and occlusion (wf2's) stay
+        between the motion net and the decoder of the same frame: its 128 px and 256 px
+        parts (`ProgramRunner.defer`) go to the worker ahead of its other work while the
+        engines run the 64 px decoder stage, and wf1 / wf0 wait for them. Call
+        set_reference first; do not call it while iterating."""
         if not self._has_ref:
             raise RuntimeError("render_many() before set_reference()")
         run = self.runner
@@ -616,15 +743,15 @@ class Int8Generator:
             lm = next(it, None)
             return None if lm is None else np.asarray(lm, np.float64)
 
-        with _ArmWorker() as arm, self._overlap(arm):
+        with _ArmWorker() as arm, self._overlap(arm), self._deferring(arm):
             nxt = _next()
             ahead = arm.submit(run.prepare, nxt) if nxt is not None else None
             pending = None  # frame t-1's output conversion
             while nxt is not None:
                 cur, prepared = nxt, ahead
                 nxt = _next()
-                if nxt is not None:
-                    ahead = arm.submit(run.prepare, nxt)
+                if nxt is not None:  # held until this frame's deferred part is queued
+                    ahead = arm.submit(run.prepare, nxt, hold=run.defers("frame"))
                 run.run("frame", landmarks=cur, prepared=prepared.result(), defer_output=True)
                 done = arm.submit(output_image, *run.state.pop("output_raw"))
                 if pending is not None:
@@ -633,36 +760,73 @@ class Int8Generator:
             if pending is not None:
                 yield self._deliver_deferred(pending.result())
 
+    @contextlib.contextmanager
+    def _deferring(self, worker: _ArmWorker):
+        """While render_many runs, the runner hands deferred ARM work to the worker."""
+        self.runner.worker = worker
+        try:
+            yield
+        finally:
+            self.runner.worker = None
+
     def _overlap(self, worker: _ArmWorker):
         """A context for the overlapped schedule (the board's driver gives the GIL away
         while it polls and the worker has work); nothing to do here."""
-        import contextlib
-
         return contextlib.nullcontext()
 
 
 class _ArmWorker:
-    """The ARM worker of render_many: one thread, and whether it has work (`busy`)."""
+    """The ARM worker of render_many: one thread running its jobs in order, except that
+    a job submitted with first=True (motion_head's deferred part, which a step of the
+    frame the engines are running waits for) goes ahead of the queued, not yet started
+    others; and whether it has work (`busy`)."""
 
     def __init__(self):
-        from concurrent.futures import ThreadPoolExecutor
+        self._urgent: deque = deque()
+        self._queue: deque = deque()
+        self._held: deque = deque()  # jobs that wait for release()
+        self._cv = threading.Condition()
+        self._jobs = 0  # queued + running
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="grace-arm", daemon=True)
+        self._thread.start()
 
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="grace-arm")
-        self._jobs = 0
-        self._lock = threading.Lock()
-
-    def submit(self, fn, *args):
-        with self._lock:
+    def submit(self, fn, *args, first: bool = False, hold: bool = False) -> Future:
+        """Queues fn(*args); first: ahead of the queued others; hold: not before the next
+        release() (frame t+1's inputs, held until frame t's deferred part is queued, so
+        that part does not wait behind them)."""
+        fut: Future = Future()
+        with self._cv:
+            q = self._urgent if first else self._held if hold else self._queue
+            q.append((fut, fn, args))
             self._jobs += 1
+            self._cv.notify()
+        return fut
 
-        def job():
+    def release(self) -> None:
+        """The held jobs join the queue (after those queued before them)."""
+        with self._cv:
+            self._queue.extend(self._held)
+            self._held.clear()
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._urgent or self._queue or self._closed):
+                    self._cv.wait()
+                if not (self._urgent or self._queue):
+                    return
+                fut, fn, args = (self._urgent or self._queue).popleft()
             try:
-                return fn(*args)
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn(*args))
+                    except BaseException as e:  # handed to whoever waits for the result
+                        fut.set_exception(e)
             finally:
-                with self._lock:
+                with self._cv:
                     self._jobs -= 1
-
-        return self.pool.submit(job)
 
     def busy(self) -> bool:
         return self._jobs > 0
@@ -671,7 +835,11 @@ class _ArmWorker:
         return self
 
     def __exit__(self, *exc):
-        self.pool.shutdown(wait=True)
+        self.release()
+        with self._cv:  # the queued jobs still run (their results may be waited for)
+            self._closed = True
+            self._cv.notify()
+        self._thread.join()
 
 
 class CsimGenerator(Int8Generator):

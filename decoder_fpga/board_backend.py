@@ -22,9 +22,9 @@ import time
 
 import numpy as np
 
-from .backends import ARM_OPS, Int8Generator, ProgramRunner, resolve_program
+from .backends import ARM_OPS, DEFERRING_OPS, Int8Generator, ProgramRunner, resolve_program
 from .driver import DEFAULT_TIMEOUT_S, Board, Device
-from .program import DTYPES, CompileError, Program
+from .program import DTYPES, Program
 
 STAGES = ("pack", "flush", "run", "invalidate", "arm", "unpack")
 
@@ -42,10 +42,12 @@ class BoardRunner(ProgramRunner):
         self.weights = board.weights.array
         self.state: dict = {}
         self.trace: list[dict] = []  # one entry per stage run
-        for stage in ("reference", "frame"):
-            for st in program.steps(stage):
-                if st["op"] == "arm" and st["node"] not in ARM_OPS:
-                    raise CompileError(f"the program needs ARM op {st['node']!r}, unknown here")
+        self._setup()
+
+    def _clock(self) -> float:
+        """Host seconds less the cache maintenance (traced as flush / invalidate)."""
+        t = self.board.times
+        return time.perf_counter() - t.get("invalidate", 0.0) - t.get("flush", 0.0)
 
     def view(self, name: str) -> np.ndarray:
         """The arena slice of tensor `name`, after the coherence the CPU access needs."""
@@ -55,28 +57,48 @@ class BoardRunner(ProgramRunner):
         return self.board.cpu_view(t["offset"], n).view(dtype).reshape(t["shape"])
 
     def run(self, stage: str, **inputs) -> None:
+        """The stage's steps, traced (host seconds): the STAGES; arm (all ARM work of the
+        stage, on whichever thread it ran); arm_by_op (that work by op, motion_head split
+        as `perf.arm_host_ms` splits it: "motion_head" its 64 px part, "late:<outputs>"
+        computing a deferred part, "write:<outputs>" its arena writes); arm_inline (what
+        render_many keeps on this thread between engine steps: motion_head's 64 px part
+        and the writes); arm_deferred (the deferred parts, on the worker in render_many);
+        wait (this thread blocked on them, render_many only)."""
         b = self.board
-        before = dict(b.times)
+        before, at0 = dict(b.times), dict(self.arm_times)
+        self.deferred_times = {}
         t_start = time.perf_counter()
         engines = arm = 0
-        inline = 0.0  # ARM time of the ops render_many keeps on the critical path
-        for st in self.program.steps(stage):
+        by_op: dict[str, float] = {}
+        self._pending = []
+        for st, touch in zip(self.program.steps(stage), self._touch[stage]):
+            if self._pending:
+                self._join(touch)
             if st["op"] in ("conv", "grid_sample"):
                 b.run_step(st)
                 engines += 1
             else:
-                inv0 = b.times.get("invalidate", 0.0)
-                t0 = time.perf_counter()
+                t0, d0 = self._clock(), self.arm_times["deferred"] + self.arm_times["join"]
                 ARM_OPS[st["node"]](self, **inputs)
-                dt = time.perf_counter() - t0 - (b.times.get("invalidate", 0.0) - inv0)
-                b.times["arm"] = b.times.get("arm", 0.0) + dt
-                if st["node"] == "motion_head":
-                    inline += dt
+                d1 = self.arm_times["deferred"] + self.arm_times["join"]
+                dt = self._clock() - t0 - (d1 - d0)  # less deferred work done in the op
+                if st["node"] in DEFERRING_OPS:
+                    self._released()
+                by_op[st["node"]] = by_op.get(st["node"], 0.0) + dt
                 arm += 1
+        self._released()
+        self._join()
         if "image" in self.state:
             self.state["image"] = b.output_frame(self.state["image"]).copy()
+        for names, (late, write) in self.deferred_times.items():
+            by_op["late:" + "+".join(names)] = late
+            by_op["write:" + "+".join(names)] = write
         rec = {s: b.times.get(s, 0.0) - before.get(s, 0.0) for s in STAGES}
-        rec.update(stage=stage, engine_steps=engines, arm_ops=arm, arm_inline=inline)
+        d = {k: v - at0[k] for k, v in self.arm_times.items()}
+        rec["arm"] = sum(by_op.values())
+        rec.update(stage=stage, engine_steps=engines, arm_ops=arm, arm_by_op=by_op,
+                   arm_inline=by_op.get("motion_head", 0.0) + d["join"],
+                   arm_deferred=d["deferred"], wait=d["wait"])  # fmt: skip
         rec["total"] = time.perf_counter() - t_start
         self.trace.append(rec)
 

@@ -245,3 +245,63 @@ def test_render_many_equals_render(program):
     p = gen.runner.prepare(np.asarray(lms[0], np.float64))
     gen.runner.run("frame", landmarks=np.asarray(lms[1], np.float64), prepared=p)
     np.testing.assert_array_equal(gen.runner.state.pop("image"), want[1])
+
+
+def test_render_many_defers_the_late_motion_head_to_the_worker(program, monkeypatch):
+    """render_many computes motion_head's 128/256 px parts on the ARM worker and writes
+    them into the arena only just before wf1 / wf0 (the first steps touching them); the
+    frames stay render's, csim's and int8's bit for bit."""
+    import threading
+
+    steps = program.steps("frame")
+    split = next(i for i, st in enumerate(steps) if st.get("node") == "motion_head")
+    at = {n: steps[backends.join_step(program, "frame", split, n)]["node"] for n in
+          (("g128", "occ128"), ("g256", "occ256"))}  # fmt: skip
+    assert at == {("g128", "occ128"): "wf1", ("g256", "occ256"): "wf0"}
+    threads, writes = [], []
+    late, write = backends.motion_head_late, backends.ProgramRunner._write
+
+    def spy_late(*args):
+        threads.append(threading.current_thread().name)
+        return late(*args)
+
+    def spy_write(self, names, arrays):
+        writes.append((tuple(names), threading.current_thread() is threading.main_thread()))
+        write(self, names, arrays)
+
+    monkeypatch.setattr(backends, "motion_head_late", spy_late)
+    monkeypatch.setattr(backends.ProgramRunner, "_write", spy_write)
+    lms = [face((2.0 * k, 1.0 - k), mouth=3.0 * k) for k in range(3)]
+    gens = [Int8Generator(program=program)]
+    if HAVE_GXX:
+        gens.append(CsimGenerator(program=program))
+    for g in gens:
+        g.set_reference(key_frame(1), face())
+    want = [gens[0].render(lm) for lm in lms]
+    assert threads == ["MainThread"] * 2 * len(lms)  # render: in place, in program order
+    for g in gens:
+        threads.clear(), writes.clear()
+        got = list(g.render_many(lms))
+        assert threads == ["grace-arm"] * 2 * len(lms)
+        assert writes == [(("g128", "occ128"), True), (("g256", "occ256"), True)] * len(lms)
+        for x, y in zip(want, got):
+            np.testing.assert_array_equal(x, y)
+        assert g.runner.worker is None and not g.runner._pending
+
+
+def test_arm_worker_runs_urgent_jobs_first():
+    import threading
+
+    gate, order = threading.Event(), []
+    with backends._ArmWorker() as w:
+        first = w.submit(gate.wait)  # occupies the worker
+        jobs = [w.submit(order.append, "a"), w.submit(order.append, "b")]
+        jobs.append(w.submit(order.append, "urgent", first=True))
+        boom = w.submit(lambda: 1 / 0)
+        assert w.busy()
+        gate.set()
+        for j in (first, *jobs):
+            j.result(timeout=10)
+        with pytest.raises(ZeroDivisionError):
+            boom.result(timeout=10)
+    assert order == ["urgent", "a", "b"] and not w.busy()

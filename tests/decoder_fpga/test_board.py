@@ -397,6 +397,9 @@ def test_overlapped_schedule_equals_csim_and_int8(program):
             np.testing.assert_array_equal(x, want_i.render(lm))
     assert not np.array_equal(got[0], got[1])
     assert all(e.yield_gil is None for e in gen.board.engines.values())  # restored
+    for r in gen.trace[-len(lms) :]:  # motion_head's 128/256 px parts ran on the worker
+        assert r["arm_deferred"] > 0 and r["wait"] >= 0
+        assert set(r["arm_by_op"]) >= {"motion_head", "late:g128+occ128", "write:g256+occ256"}
     # the last frames sit in the two frame buffers; the serial path still agrees after
     np.testing.assert_array_equal(gen.render(lms[0]), want_c.render(lms[0]))
     gen.close()
@@ -420,5 +423,29 @@ def test_overlapped_schedule_still_refuses_unflushed_inputs(program, monkeypatch
 
     monkeypatch.setitem(backends.ARM_OPS, "frame_inputs", sneaky)
     with pytest.raises(DeviceError, match="not flushed"):
+        list(gen.render_many([face(), face((1.0, 0.0))]))
+    gen.close()
+
+
+def test_deferred_motion_head_writes_go_through_the_driver(program, monkeypatch):
+    """render_many writes motion_head's deferred parts into the arena at the join, through
+    cpu_view (invalidate, then a flush before the next engine start); the same bytes
+    written behind the driver's back are refused by the simulated engine that reads them
+    (wf1), as the board would read stale DDR."""
+    from decoder_fpga import backends
+
+    gen = PynqSimGenerator(program=program)
+    gen.set_reference(key_frame(0), face())
+    want = gen.render(face((1.0, 0.0)))
+    np.testing.assert_array_equal(list(gen.render_many([face((1.0, 0.0))]))[0], want)
+
+    def sneaky(self, names, arrays):
+        for n, a in zip(names, arrays):
+            lo, hi = backends.tensor_span(self.program, n)
+            gen.board.arena.array[lo:hi] = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+            gen.board.arena.array[lo] ^= 1
+
+    monkeypatch.setattr(backends.ProgramRunner, "_write", sneaky)
+    with pytest.raises(DeviceError, match="argument grid .*not flushed"):
         list(gen.render_many([face(), face((1.0, 0.0))]))
     gen.close()

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from codec.errors import GraceError  # noqa: E402
 from codec.models.grace_s import GraceS, GraceSConfig  # noqa: E402
 from codec.motion import default_shape_model  # noqa: E402
+from decoder_fpga import backends  # noqa: E402
 from decoder_fpga import int8_ref as ref  # noqa: E402
 from decoder_fpga import quantize as Q  # noqa: E402
 from decoder_fpga.backends import Int8Generator  # noqa: E402
@@ -244,6 +245,39 @@ def test_performance_model(program):
     assert ra["system"]["ms"] == pytest.approx(period)
     assert ra["system_serial"]["ms"] == pytest.approx(ra["overlapped"]["ms"] + ra["arm"]["ms"])
     assert "with the ARM" in perf.format_report(ra)
+    # render_many's schedule: motion_head's 64 px part and the arena writes in series,
+    # its deferred parts on the worker; a waiting step waits for max(engine time since
+    # the split, the part's ARM time) (the worker is free at the split here)
+    steps = program.steps("frame")
+    eng = iter(x["overlapped"] for x in r["steps"])
+    cyc = [0.0 if st["op"] == "arm" else next(eng) for st in steps]
+    split = next(i for i, st in enumerate(steps) if st.get("node") == "motion_head")
+    j1 = backends.join_step(program, "frame", split, ("g128", "occ128"))
+    j2 = backends.join_step(program, "frame", split, ("g256", "occ256"))
+    assert steps[j1]["node"] == "wf1" and steps[j2]["node"] == "wf0"
+    ms = 1e3 / perf.A.clock_hz / perf.A.arm_factor  # host ms a cycle at the factor
+    before_wf1, before_wf0 = sum(cyc[split + 1 : j1]), sum(cyc[split + 1 : j2])
+    eng_ms = r["overlapped"]["ms"]
+    for late128, late256 in ((0.5, 0.5), (before_wf1 * ms * 1.5, 0.1), (0.1, before_wf0 * ms * 2)):
+        host = {"frame_inputs": 0.01, "motion_head": 0.3, "output": 0.01,
+                "late:g128+occ128": late128, "write:g128+occ128": 0.02,
+                "late:g256+occ256": late256, "write:g256+occ256": 0.05}  # fmt: skip
+        rs = perf.report(program, arm_host=host)["system_runtime"]
+        k = perf.A.arm_factor
+        w1 = max(0.0, k * late128 - before_wf1 * 1e3 / perf.A.clock_hz)
+        w2 = k * (late128 + late256) - before_wf0 * 1e3 / perf.A.clock_hz - w1 - k * 0.02
+        w2 = max(0.0, w2)  # after wf1's wait and writes
+        assert rs["stall_ms"] == pytest.approx(w1 + w2) and rs["input_wait_ms"] == 0
+        assert rs["ms"] == pytest.approx(eng_ms + k * (0.3 + 0.07) + w1 + w2)
+    # without deferred parts: the whole motion_head in series, as before
+    host = {"frame_inputs": 0.2, "motion_head": 1.0, "output": 0.1}
+    assert perf.report(program, arm_host=host)["system_runtime"]["ms"] == pytest.approx(
+        eng_ms + perf.A.arm_factor * 1.0
+    )
+    # ARM-bound: the period is the worker's load
+    host = {"frame_inputs": 3 * eng_ms, "motion_head": 0.1, "output": 0.1}
+    rs = perf.report(program, arm_host=host)["system_runtime"]
+    assert rs["ms"] == pytest.approx(perf.A.arm_factor * (3 * eng_ms + 0.1))
     assert r["overlapped"]["uj_per_pixel"] == pytest.approx(
         2.5 * r["overlapped"]["ms"] * 1e3 / SIZE**2
     )
