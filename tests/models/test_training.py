@@ -12,6 +12,7 @@ pytest.importorskip("pytorch_msssim")
 from codec import cli  # noqa: E402
 from codec.generators.flow import landmark_heatmaps  # noqa: E402
 from codec.generators.torch_backend import TorchGenerator  # noqa: E402
+from codec.models.grace_s import GraceS, GraceSConfig  # noqa: E402
 from codec.motion import mean_face  # noqa: E402
 from codec.training import train as T  # noqa: E402
 
@@ -96,3 +97,29 @@ def test_sharpness_charges_blur_more_than_a_small_shift():
     blurred = torch.nn.functional.avg_pool2d(target, 5, 1, 2, count_include_pad=False)
     assert (blurred - target).abs().mean() < (shifted - target).abs().mean()
     assert T.sharpness_l1(shifted, target) < 0.5 * T.sharpness_l1(blurred, target)
+
+
+def test_pair_check_scores_a_checkpoint_against_the_warp(tmp_path):
+    """pair_check on a cache of real face pixels (the astronaut, moving): every row has
+    finite PSNR, MS-SSIM, AKD and AED, and the untrained model equals the warp's scores."""
+    import cv2
+    from skimage import data as skdata
+
+    from codec.training import pair_check
+
+    face = cv2.resize(skdata.astronaut()[:320, 96:416], (256, 256), interpolation=cv2.INTER_AREA)
+    root = tmp_path / "data" / "val"
+    (root / "a").mkdir(parents=True)
+    np.save(root / "a" / "crops.npy", np.stack([np.roll(face, 2 * k, axis=1) for k in range(4)]))
+    lms = np.stack([mean_face(256) + [2 * k, 0] for k in range(4)]).astype(np.float32)
+    np.save(root / "a" / "decoded.npy", lms)
+    np.save(root / "a" / "segment.npy", np.zeros(4, np.int32))
+    (root / "index.json").write_text(json.dumps([{"clip": "a"}]))
+    torch.manual_seed(0)
+    ckpt = tmp_path / "untrained.pt"
+    T.export(GraceS(GraceSConfig()), ckpt)
+    result = pair_check.score([ckpt], tmp_path / "data", pairs=2, seed=0, key_quality=30, min_gap=0)
+    assert set(result) == {"warp", str(ckpt)}
+    for row in result.values():
+        assert row.shape == (4,) and np.all(np.isfinite(row))
+    np.testing.assert_allclose(result[str(ckpt)], result["warp"], rtol=0.05, atol=0.05)
