@@ -161,10 +161,9 @@ def decode_file(
             stats.replay = decoder.generator.stats
         start = time.perf_counter()
         with VideoWriter(output_path, header.fps, header.width, header.height) as out:
-            for packet in progress(reader, header.frame_count or None):
-                for frame in decoder.decode(packet):
-                    out.write(frame)
-                    stats.frames += 1
+            for frame in decoder.decode_packets(progress(reader, header.frame_count or None)):
+                out.write(frame)
+                stats.frames += 1
             if stats.frames == 0:
                 raise BitstreamError("the stream holds no frames")
     stats.seconds = time.perf_counter() - start

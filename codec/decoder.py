@@ -4,9 +4,13 @@ dec = Decoder(reader.header)          # backend from the header's model, or by n
 for packet in reader:
     for frame in dec.decode(packet):   # uint8 (H, W, 3) RGB
         ...
+for frame in dec.decode_packets(reader):   # the same frames; lets a board runtime overlap
+    ...
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -16,6 +20,8 @@ from .errors import BitstreamError, GraceError
 from .generators import MODEL_BACKENDS, make_generator
 from .keyframe import ImageCodec, decode_image
 from .motion import MotionConfig, MotionDecoder, default_shape_model
+
+RUN_FRAMES = 256  # frames handed to a generator's render_many at once (bounded memory)
 
 
 def default_backend(header: Header) -> str:
@@ -59,6 +65,32 @@ class Decoder:
             landmarks = self._motion(packet)
             return [self.generator.render(landmarks)] if render else []
         return []  # unknown kinds (newer minor versions) are skipped
+
+    def decode_packets(self, packets: Iterable[Packet]) -> Iterator[np.ndarray]:
+        """Every frame of a packet sequence, in order (what `decode` gives packet by packet).
+
+        A generator with `render_many` (the int8 / csim / board runtimes) gets the MOTION
+        frames after each key frame in runs of up to RUN_FRAMES, so its co-processor
+        schedule overlaps the ARM-side work of one frame with the engines of the next.
+        """
+        render_many = getattr(self.generator, "render_many", None)
+        if render_many is None:
+            for packet in packets:
+                yield from self.decode(packet)
+            return
+        run: list[np.ndarray] = []
+        for packet in packets:
+            if packet.kind == PacketKind.MOTION:
+                run.append(self._motion(packet))
+                if len(run) < RUN_FRAMES:
+                    continue
+            if run:  # before a key frame replaces the reference these frames animate
+                yield from render_many(run)
+                run = []
+            if packet.kind != PacketKind.MOTION:
+                yield from self.decode(packet)
+        if run:
+            yield from render_many(run)
 
     def _keyframe(self, packet: Packet) -> np.ndarray:
         self._check_pts(packet.pts, keyframe=True)
