@@ -27,8 +27,9 @@ conv   params: II 2 a channel (12 bytes); weights: per (output channel, 8-channe
                   the residual of tile t: lanes x ceil(rows*wo/8) beats (gmem2), in one
                   loop: the longest of the three + a read latency for every burst of any
                   (groups: ceil(cout/32), balanced to ceil(cout/n_cot) rounded up to 8)
-         compute  32 cycles for the group's {bias, M, S}, then
-                  dense: one flattened pipeline (II 1) of (pixel groups + 1) x slots +
+                  + 32 cycles for tile t's group's {bias, M, S} into registers (a
+                  second set: the compute stage of step t+1 starts at once)
+         compute  dense: one flattened pipeline (II 1) of (pixel groups + 1) x slots +
                   depth; a group is P pixels of a row (P = 8 for cout <= 4 at stride 1,
                   4 for cout <= 8, 2 for cout <= 16, else 1: the 32 PE rows as P pixels x
                   32/P channels), slots =
@@ -43,8 +44,10 @@ conv   params: II 2 a channel (12 bytes); weights: per (output channel, 8-channe
 grid   per pass of planes (as many as fit 64 KiB): load planes x h x ceil(w/8) beats;
        per block of R = 2048 // wo output rows, software-pipelined: the grid/occlusion
        block b+1 (x, y: R*wo/4 beats each on gmem1, occlusion R*wo/8 on gmem3, in one loop,
-       three bursts) || block b's (row, plane) items sampled (2 samplers: ceil(wo/2) cycles
-       + depth an item, its store of ceil(wo/8) beats overlapping the next item); passes
+       three bursts) || block b's (row, plane) items sampled in one flattened pipeline (2
+       samplers: ceil(wo/2) cycles an item, the depth once a block, an item's store of
+       ceil(wo/8) beats + a write latency overlapping the next item's sampling; block 0 of
+       every pass but the first loaded during the previous pass's last block); passes
        double-buffered (overlapped) or not; the call at least its DDR bytes / the DDR rate.
 Both   + a fixed call overhead (s_axilite writes, start, done interrupt/poll).
 
@@ -99,7 +102,7 @@ class Assumptions:
     # round, clamp) 5: the flattened pipeline's depth, paid once a tile
     dense_pipe_depth: int = 14
     dw_row_overhead: int = 12  # depthwise: row prologue (6 reads, 3 cycles) + pipeline depth
-    gs_row_depth: int = 10  # grid-sample pipeline depth per sampled row
+    gs_row_depth: int = 10  # grid-sample pipeline depth, once per pipelined loop (a grid block)
     call_overhead: int = 500  # cycles (5 us) per engine invocation: registers, start, done
     # DDR: the PYNQ-Z1's DDR3 is one 16-bit chip at 1066 MT/s (Digilent reference manual):
     # 2.13 GB/s peak = 21.3 bytes a 100 MHz cycle. Sustained: 75 % of peak for long bursts
@@ -196,10 +199,11 @@ def conv_cycles(cfg: dict, a: Assumptions = A, limits: ref.ConvLimits = ref.CONV
         beats = max(n_ch - n_odd, n_odd) * ry_n * wpr
         beats = max(beats, res_beats)
         bursts = n_ch * bursts_in + (lanes if res else 0)
-        loads.append(beats + bursts * a.read_latency if beats else 0)
+        # + the 32 {bias, M, S} of tile t's group into registers, after the load loop
+        loads.append((beats + bursts * a.read_latency if beats else 0) + pe_co)
         load_bytes.append(n_real * ry_n * w + (lanes * npix if res else 0))
         store_bytes.append(lanes * npix)
-        cp = pe_co  # the group's {bias, M, S} into registers
+        cp = 0  # (the group's {bias, M, S} are in registers already: the load stage)
         if dw:
             cp += _cdiv(lanes, pe_ci) * nrows * (wo + a.dw_row_overhead)
         else:
@@ -252,17 +256,27 @@ def grid_cycles(cfg: dict, a: Assumptions = A, limits: ref.GridLimits = ref.GRID
         beats = max(2 * _cdiv(ne, 4), _cdiv(ne, BEAT) if occ else 0)
         return beats + (3 if occ else 2) * a.read_latency
 
-    samp = _cdiv(wo, GS_SAMPLERS) + a.gs_row_depth
+    # a block's (row, plane) items are one flattened pipeline (gridsample_engine.cpp
+    # BLOCK_PAIR): item k's pixel pairs || item k-1's row stored (a written burst), the
+    # pipeline depth once a block, then the last item's store
+    samp = _cdiv(wo, GS_SAMPLERS)
     store = _cdiv(wo, BEAT) + a.write_latency
 
     def items_over(k: int) -> int:  # a block's k (row, plane) items: sample k || store k-1
-        return samp + store + (k - 1) * max(samp, store)
+        return a.gs_row_depth + samp + (k - 1) * max(samp, store) + store
 
     serial_s, over_s = [], []
     for n in passes:
-        serial_s.append(sum(grid_block(nr) + nr * n * (samp + store) for nr in blocks))
-        over_s.append(grid_block(blocks[0]) + sum(
-            max(grid_block(blocks[b + 1]) if b + 1 < len(blocks) else 0, items_over(nr * n))
+        serial_s.append(
+            sum(grid_block(nr) + a.gs_row_depth + nr * n * (samp + store) for nr in blocks)
+        )
+    # block 0 of a pass after the first is loaded by the pass before, during its last block
+    # (gridsample_engine.cpp sample_pass: the grid is the same for every pass)
+    for g, n in enumerate(passes):
+        more = g + 1 < len(passes)
+        over_s.append((grid_block(blocks[0]) if g == 0 else 0) + sum(
+            max(grid_block(blocks[b + 1] if b + 1 < len(blocks) else blocks[0])
+                if b + 1 < len(blocks) or more else 0, items_over(nr * n))
             for b, nr in enumerate(blocks)))  # fmt: skip
     over = loads[0] + sum(
         max(loads[g + 1] if g + 1 < len(passes) else 0, over_s[g]) for g in range(len(passes))
@@ -330,6 +344,7 @@ def resources(conv: ref.ConvLimits = ref.CONV_LIMITS, gs: ref.GridLimits = ref.G
         "depthwise adder trees 8 x 9 taps": 8 * 150,
         "epilogues 8 lanes (64-bit round/shift/clamp)": 8 * 250,
         "bias/M/S tables in LUTRAM (96 Kbit) + read muxes": 2000,
+        "second {bias, M, S} register set (ping-pong): 2:1 selects 96 x 32 bit": 1550,
         "out/res word flush + prefetch registers (32:1 x 64-bit muxes)": 1400,
         "input byte selects, depthwise window (8 lanes x 9 taps x 16:1)": 2400,
         "8-pixel groups: 4 more pixels' byte selects (32 x 16:1) + 8:1 activation routing": 1250,

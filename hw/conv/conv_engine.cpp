@@ -57,7 +57,8 @@
 //  in_buf  2 halves x 8 lanes x 1024 x 64 bit                             32 BRAM36
 //  w_buf   32 banks x 512 x 64 bit                                        32 BRAM36
 //  out_buf, res_buf  2 x 2 halves x 4096 x 64 bit (one memory per half)   32 BRAM36
-//  bias/M/S  1024 entries in LUTRAM, the 32 of the current group in registers  0
+//  bias/M/S  1024 entries in LUTRAM; the 32 of the computing group and of the next in
+//            two register sets (the next loaded in the load stage)              0
 //  conv engine 96 BRAM36; the grid-sample engine ~37 -> ~133 of 140 (see perf.py).
 //
 // ---- Limits (rejected with -status, see grace_hw.h; the compiler splits bigger layers)
@@ -673,10 +674,16 @@ LOAD_W_CO:
     const int32_t n_tiles = L.n_rt * L.n_cot;
     const int32_t ci_pad = L.cig_n * CONV_PE_CI;
     const int32_t chunk = ceil_div(ci_pad, L.n_cot);
-    group_params_t G;
-#pragma HLS ARRAY_PARTITION variable = G.b complete
-#pragma HLS ARRAY_PARTITION variable = G.m complete
-#pragma HLS ARRAY_PARTITION variable = G.s complete
+    // The {bias, M, S} of tile t's group go into registers GP[t & 1] in the load stage of
+    // step t (after its input/residual loop), so the compute stage of step t+1 starts at once.
+    group_params_t GP[2];
+#pragma HLS ARRAY_PARTITION variable = GP complete
+#pragma HLS ARRAY_PARTITION variable = GP[0].b complete
+#pragma HLS ARRAY_PARTITION variable = GP[0].m complete
+#pragma HLS ARRAY_PARTITION variable = GP[0].s complete
+#pragma HLS ARRAY_PARTITION variable = GP[1].b complete
+#pragma HLS ARRAY_PARTITION variable = GP[1].m complete
+#pragma HLS ARRAY_PARTITION variable = GP[1].s complete
 TILE_LOOP:
     for (int32_t t = 0; t < n_tiles + 2; ++t) {
         if (t < n_tiles) {
@@ -688,10 +695,8 @@ TILE_LOOP:
             if (rt_in >= L.n_rt || c_lo > c_hi) c_lo = c_hi = 0;  // nothing left to load
             const tile_t TI = make_tile(L, rt_in < L.n_rt ? rt_in * L.n_cot : 0);
             load_tile(x, x1, res, L, TI, c_lo, c_hi, T, in_buf[rt_in & 1], res_buf[t & 1]);
-        }
-        if (t >= 1 && t <= n_tiles) {
-            const tile_t T = make_tile(L, t - 1);
-        GROUP_PARAMS:  // the group's 32 {bias, M, S} from LUTRAM into registers
+            group_params_t &G = GP[t & 1];
+        GROUP_PARAMS:  // tile t's 32 {bias, M, S} from LUTRAM into registers
             for (int32_t po = 0; po < CONV_PE_CO; ++po) {
 #pragma HLS PIPELINE II = 1
                 const int32_t co = T.c0 + po;
@@ -699,6 +704,10 @@ TILE_LOOP:
                 G.m[po] = m_tab[co];
                 G.s[po] = s_tab[co];
             }
+        }
+        if (t >= 1 && t <= n_tiles) {
+            const tile_t T = make_tile(L, t - 1);
+            const group_params_t &G = GP[(t - 1) & 1];
             if (L.dw)
                 compute_depthwise(L, T, in_buf[T.rt & 1], w_buf, G, res_buf[(t - 1) & 1], out_buf[(t - 1) & 1]);
             else

@@ -23,7 +23,10 @@
 // block buffers while block b is sampled from the other half. A block's (row, plane)
 // items run row-major, every plane of the pass for a row; each item's output row goes out
 // as 8-byte beats from a ping-pong row buffer while the next item samples (across rows
-// too, so a pass of one plane is sample-bound, not sample + store).
+// too, so a pass of one plane is sample-bound, not sample + store). The items of a block
+// are one flattened pipeline (item, pixel pair): the sampling pipeline fills once a
+// block, not once an output row, and the store of an item's row (ceil(wo/8) beats) runs in
+// the same iterations as the next item's sampling (ceil(wo/2) pairs).
 //
 // ---- Data paths ---------------------------------------------------------------------------
 // Every load/store loop moves one 8-byte beat per iteration (PIPELINE II=1, the bytes
@@ -113,26 +116,6 @@ SAMPLE_BANK:
     return grace_sat8(grace_rq(acc, L.m, L.s), 0);
 }
 
-// One output row of one plane: two samplers, a pixel pair a cycle, into 64-bit words.
-void sample_row(const gs_layer_t &L, int32_t p, const uint32_t pb[4][BANK_WORDS],
-                const int16_t *gx_row, const int16_t *gy_row, const uint8_t *occ_row,
-                grace_word_t out_row[OUT_ROW_WORDS]) {
-    grace_word_t pack = 0;
-SAMPLE_PAIR:
-    for (int32_t jj = 0; jj < ceil_div(L.wo, 2); ++jj) {
-#pragma HLS PIPELINE II = 1
-    SAMPLER:
-        for (int32_t u = 0; u < 2; ++u) {
-#pragma HLS UNROLL
-            const int32_t j = 2 * jj + u;
-            if (j < L.wo) {
-                pack = grace_set_byte(pack, j & 7, sample(L, p, pb, gx_row[j], gy_row[j], occ_row[j]));
-                if ((j & 7) == 7 || j == L.wo - 1) out_row[j >> 3] = pack;
-            }
-        }
-    }
-}
-
 // The grid rows (x then y, gmem1: 4 coordinates a beat) and the occlusion rows (gmem3: 8
 // values a beat) of the block of output rows [i0, i0 + nr) in one pipelined loop, a beat of
 // each bundle a cycle. The block's rows are contiguous in DDR: one run of beats for x, one
@@ -165,23 +148,18 @@ GRID_BEAT:
     }
 }
 
-void store_row(int8_t *dst, int32_t n, const grace_word_t row[OUT_ROW_WORDS]) {
-STORE_BEAT:
-    for (int32_t j = 0; j < grace_words(n); ++j) {
-#pragma HLS PIPELINE II = 1
-        for (int32_t b = 0; b < GRACE_WORD_BYTES; ++b)
-            if (GRACE_WORD_BYTES * j + b < n) dst[GRACE_WORD_BYTES * j + b] = grace_byte(row[j], b);
-    }
-}
-
 // Rows per grid block: as many whole output rows as fit the row buffers (8 at 256 wide).
 inline int32_t block_rows(const gs_layer_t &L) {
     const int32_t r = GS_ROW_BUF / L.wo;
     return r < L.ho ? r : L.ho;
 }
 
+// q0: the call-wide index of the pass's first block (its ping-pong half is q0 & 1); the
+// first pass loads its block 0 itself, every other pass finds it loaded by the pass before
+// (the grid is the same for every pass), which loads it while sampling its own last block.
 void sample_pass(const int16_t *grid, const uint8_t *occ, int8_t *y, const gs_layer_t &L,
-                 int32_t c0, int32_t n, const uint32_t pb[4][BANK_WORDS]) {
+                 int32_t c0, int32_t n, const uint32_t pb[4][BANK_WORDS], int32_t q0, bool first,
+                 bool more) {
     static int16_t gx_blk[2][GS_ROW_BUF], gy_blk[2][GS_ROW_BUF];
     static uint8_t occ_blk[2][GS_ROW_BUF];
     static grace_word_t out_row[2][OUT_ROW_WORDS];
@@ -194,29 +172,54 @@ void sample_pass(const int16_t *grid, const uint8_t *occ, int8_t *y, const gs_la
     // load grid block b || sample block b-1: its (row, plane) items, row-major, each
     // item's output row stored while the next item samples (ping-pong output row)
 PASS_BLOCK:
-    for (int32_t b = 0; b <= n_blk; ++b) {
-        if (b < n_blk) {
-            const int32_t i0 = b * R;
-            load_grid_block(grid, occ, L, i0, L.ho - i0 < R ? L.ho - i0 : R, gx_blk[b & 1], gy_blk[b & 1],
-                            occ_blk[b & 1]);
+    for (int32_t b = first ? 0 : 1; b <= n_blk; ++b) {
+        if (b < n_blk || more) {  // block b, or the next pass's block 0
+            const int32_t i0 = b < n_blk ? b * R : 0, hl = (q0 + b) & 1;
+            load_grid_block(grid, occ, L, i0, L.ho - i0 < R ? L.ho - i0 : R, gx_blk[hl], gy_blk[hl],
+                            occ_blk[hl]);
         }
         if (b >= 1) {
-            const int32_t h = (b - 1) & 1, i0 = (b - 1) * R;
+            const int32_t h = (q0 + b - 1) & 1, i0 = (b - 1) * R;
             const int32_t nr = L.ho - i0 < R ? L.ho - i0 : R, n_items = nr * n;
+            // One flattened pipeline (II 1) over the block's items x pixel pairs: the
+            // pipeline fills once a block, not once an item. Iteration (k, jj): pixel pair jj
+            // of item k sampled into out_row[k & 1] (jj < npr) || beat jj of item k-1's row
+            // stored from out_row[(k-1) & 1] (jj < nw <= npr); then the last item's beats.
+            const int32_t npr = ceil_div(L.wo, 2), nw = grace_words(L.wo);
             int32_t r = 0, p = 0;    // the item sampling
             int32_t rs = 0, ps = 0;  // the item storing (the previous one)
-        PASS_ITEM:
-            for (int32_t k = 0; k <= n_items; ++k) {
-                if (k < n_items)
-                    sample_row(L, p, pb, gx_blk[h] + r * L.wo, gy_blk[h] + r * L.wo, occ_blk[h] + r * L.wo,
-                               out_row[k & 1]);
-                if (k >= 1)
-                    store_row(y + (c0 + ps) * plane + (int64_t)(i0 + rs) * L.wo, L.wo, out_row[(k - 1) & 1]);
-                rs = r;
-                ps = p;
-                if (++p == n) {
-                    p = 0;
-                    ++r;
+            int32_t k = 0, jj = 0;
+            grace_word_t pack = 0;
+        BLOCK_PAIR:
+            for (int32_t it = 0; it < n_items * npr + nw; ++it) {
+#pragma HLS PIPELINE II = 1
+                if (k < n_items) {
+                SAMPLER:
+                    for (int32_t u = 0; u < 2; ++u) {
+#pragma HLS UNROLL
+                        const int32_t j = 2 * jj + u, e = r * L.wo + j;
+                        if (j < L.wo) {
+                            pack = grace_set_byte(pack, j & 7,
+                                                  sample(L, p, pb, gx_blk[h][e], gy_blk[h][e], occ_blk[h][e]));
+                            if ((j & 7) == 7 || j == L.wo - 1) out_row[k & 1][j >> 3] = pack;
+                        }
+                    }
+                }
+                if (k >= 1 && jj < nw) {
+                    int8_t *dst = y + (c0 + ps) * plane + (int64_t)(i0 + rs) * L.wo;
+                    const grace_word_t wd = out_row[(k - 1) & 1][jj];
+                    for (int32_t bb = 0; bb < GRACE_WORD_BYTES; ++bb)
+                        if (GRACE_WORD_BYTES * jj + bb < L.wo) dst[GRACE_WORD_BYTES * jj + bb] = grace_byte(wd, bb);
+                }
+                if (++jj == npr) {
+                    jj = 0;
+                    ++k;
+                    rs = r;
+                    ps = p;
+                    if (++p == n) {
+                        p = 0;
+                        ++r;
+                    }
                 }
             }
         }
@@ -282,7 +285,8 @@ PASS_LOOP:
         }
         if (g >= 1) {
             const int32_t c0 = (g - 1) * L.np;
-            sample_pass(grid, occ, y, L, c0, L.c - c0 < L.np ? L.c - c0 : L.np, plane_buf[(g - 1) & 1]);
+            sample_pass(grid, occ, y, L, c0, L.c - c0 < L.np ? L.c - c0 : L.np, plane_buf[(g - 1) & 1],
+                        (g - 1) * ceil_div(L.ho, block_rows(L)), g == 1, g < n_pass);
         }
     }
     return GRACE_OK;

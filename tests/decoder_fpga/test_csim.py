@@ -165,6 +165,18 @@ def test_grid_sample_plane_passes(c, h, w):
     np.testing.assert_array_equal(csim.grid_sample(*args, **kw), ref.grid_sample_int8(*args, **kw))
 
 
+@pytest.mark.parametrize(
+    "c,h,w,ho,wo,occlusion",
+    [(3, 256, 256, 40, 256, True), (3, 200, 200, 37, 100, False), (40, 64, 64, 70, 60, True)],
+)
+def test_grid_sample_passes_of_several_blocks(c, h, w, ho, wo, occlusion):
+    """Several passes of several grid blocks (the last one partial): block 0 of every pass
+    after the first is loaded by the pass before, the items of a block one pipeline."""
+    rng = np.random.default_rng(c * h + ho)
+    args, kw = random_grid(rng, c, h, w, ho, wo, occlusion=occlusion)
+    np.testing.assert_array_equal(csim.grid_sample(*args, **kw), ref.grid_sample_int8(*args, **kw))
+
+
 def test_grid_sample_resize():
     rng = np.random.default_rng(4)
     x = rng.integers(-128, 128, (3, 16, 16), dtype=np.int8)
