@@ -104,11 +104,11 @@ class CsimEngines:
 # ARM-side ops (numpy; the board's ARM runs the same code)
 #
 # Cost (docs/hardware.md "The ARM side"): the constant parts are computed once per size
-# (resize taps, pixel grids, functools.cache) and every per-frame op is the float64
-# arithmetic of the previous, straightforward version, in the same order, so the results
-# are the same bits; what changed is fewer temporaries (in-place ops, out=), gathers of
-# the three affine coefficients instead of a (H, W, 2, 3) table, and the work that only
-# depends on the landmarks (`prepare_frame_inputs`) split from the work that needs the
+# (resize taps, functools.cache) and every per-frame op is the float64 arithmetic of the
+# previous, straightforward version, in the same order, so the results are the same
+# bits; what changed is fewer temporaries (in-place ops, out=; the backward map and the
+# heatmaps in codec.generators.flow likewise), and the work that only depends on the
+# landmarks (`prepare_frame_inputs`) split from the work that needs the
 # motion head, so that a lookahead (`Int8Generator.render_many`) can run it ahead.
 
 
@@ -173,80 +173,17 @@ def grid_to_fixed_clamped(grid: np.ndarray, h: int, w: int, out=None) -> np.ndar
     return out
 
 
-@functools.cache
-def _pixel_grid(size: int):
-    ys, xs = np.mgrid[0:size, 0:size]
-    xs, ys = xs.astype(np.float64), ys.astype(np.float64)
-    xs.flags.writeable = ys.flags.writeable = False
-    return xs, ys
-
-
-def backward_grid(ref_lm: np.ndarray, lm: np.ndarray, size: int) -> np.ndarray:
-    """= flow.normalised_grid(*flow.backward_map(ref_lm, lm, size, size)) bit for bit
-    (tests/decoder_fpga/test_backends.py holds it), computed with fewer temporaries: the
-    triangle corners rounded once, each map as three coefficient gathers (an identity map
-    appended for the pixels no triangle covers, which gives x and y exactly)."""
-    import cv2
-
-    from codec.generators import flow
-
-    ref_lm = np.asarray(ref_lm, np.float64)
-    lm = np.asarray(lm, np.float64)
-    ref_ring, border = flow._ring(ref_lm), flow._border(size, size)
-    pose = flow.similarity_fit(ref_lm, lm)
-    ring = ref_ring @ pose[:, :2].T + pose[:, 2]
-    src = np.vstack([ref_lm, ref_ring, border])
-    dst = np.vstack([lm, ring, border])
-    tri = flow._triangles(size, size)
-    dst_tri = dst[tri]
-    aff = flow._triangle_affines(dst_tri, src[tri])  # (T, 2, 3)
-    n = len(tri)
-    ids = np.full((size, size), n, np.int32)
-    corners = np.round(dst_tri * 16).astype(np.int32)
-    for i in range(n):
-        cv2.fillConvexPoly(ids, corners[i], i, cv2.LINE_8, 4)
-    coef = np.concatenate([aff.reshape(n, 6), [[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]]]).T.copy()
-    xs, ys = _pixel_grid(size)
-    maps = []
-    for r in (0, 3):  # map_x = a00 x + a01 y + a02, map_y = a10 x + a11 y + a12
-        m = coef[r][ids]
-        m *= xs
-        t = coef[r + 1][ids]
-        t *= ys
-        m += t
-        m += coef[r + 2][ids]
-        maps.append(m.astype(np.float32))
-    return flow.normalised_grid(*maps)
-
-
-def landmark_heatmaps(landmarks: np.ndarray, frame_size: int, size: int) -> np.ndarray:
-    """= flow.landmark_heatmaps(landmarks, frame_size, size) bit for bit (sigma 1.5 px),
-    with the squared distances separable: (x - px)^2 per column plus (y - py)^2 per row,
-    the same float64 values without the (points, size, size) coordinate grids."""
-    from codec.generators.flow import LANDMARK_GROUPS
-
-    sigma = 1.5
-    pts = (np.asarray(landmarks, np.float64) + 0.5) * (size / frame_size) - 0.5
-    r = np.arange(size, dtype=np.float64)
-    dx2 = (r[None, :] - pts[:, 0, None]) ** 2  # (68, size)
-    dy2 = (r[None, :] - pts[:, 1, None]) ** 2
-    out = np.empty((len(LANDMARK_GROUPS), size, size), np.float32)
-    for g, idx in enumerate(LANDMARK_GROUPS):
-        sl = slice(idx.start, idx.stop)
-        d2 = (dx2[sl, None, :] + dy2[sl, :, None]).min(axis=0)
-        out[g] = np.exp(-d2 / (2 * sigma**2))
-    return out
-
-
 def prepare_frame_inputs(ref_lm: np.ndarray, landmarks: np.ndarray, size: int,
                          heat_scale: float) -> dict:  # fmt: skip
     """What a frame needs from its landmarks alone (no engine result), in ARM memory:
     the backward map (float64, kept for motion_head), its 64 and 128 px resizes, the
     64 px Q9.6 grid and the int8 target heatmaps. Pure: safe on a worker thread."""
+    from codec.generators.flow import network_inputs
+
     q = size // 4
-    grid = backward_grid(ref_lm, landmarks, size).astype(np.float64)
+    grid, heat = network_inputs(ref_lm, landmarks, size)
+    grid = grid.astype(np.float64)
     grid64 = resize_bilinear(grid, q)
-    heat = landmark_heatmaps(landmarks, size, q)
     return {
         "landmarks": np.array(landmarks, np.float64),
         "grid": grid,
@@ -384,6 +321,11 @@ def tensor_span(program: Program, name: str) -> tuple[int, int]:
     return t["offset"], t["offset"] + n
 
 
+def _overlaps(spans, touch) -> bool:
+    """Whether any byte range [a, b) of `spans` overlaps any of `touch`."""
+    return any(a < d and c < b for a, b in spans for c, d in touch)
+
+
 def join_step(program: Program, stage: str, after: int, outputs) -> int:
     """Index of the first step of `stage` after step `after` that reads or writes the
     bytes of any tensor of `outputs` (where deferred ARM work for them must be in the
@@ -392,9 +334,8 @@ def join_step(program: Program, stage: str, after: int, outputs) -> int:
     steps = program.steps(stage)
     for i in range(after + 1, len(steps)):
         names = (*steps[i].get("inputs", ()), *steps[i].get("outputs", ()))
-        for c, d in (tensor_span(program, n) for n in names):
-            if any(a < d and c < b for a, b in spans):
-                return i
+        if _overlaps(spans, [tensor_span(program, n) for n in names]):
+            return i
     return len(steps)
 
 
@@ -422,12 +363,12 @@ class ProgramRunner:
                 if st["op"] == "arm" and st["node"] not in ARM_OPS:
                     raise CompileError(f"the program needs ARM op {st['node']!r}, unknown here")
             self._touch[stage] = [
-                [self._span(n) for n in (*st.get("inputs", ()), *st.get("outputs", ()))]
+                [
+                    tensor_span(self.program, n)
+                    for n in (*st.get("inputs", ()), *st.get("outputs", ()))
+                ]
                 for st in self.program.steps(stage)
             ]
-
-    def _span(self, name: str) -> tuple[int, int]:
-        return tensor_span(self.program, name)
 
     def defers(self, stage: str) -> bool:
         """Whether the stage has an ARM op that defers work (`DEFERRING_OPS`)."""
@@ -457,7 +398,7 @@ class ProgramRunner:
             self._note(outputs, self._clock() - t0)
             self._write(outputs, res)
             return
-        spans = [self._span(n) for n in outputs]
+        spans = [tensor_span(self.program, n) for n in outputs]
         self._pending.append((spans, outputs, self.worker.submit(_timed, fn, *args, first=True)))
 
     def _join(self, touch: list | None = None) -> None:
@@ -465,7 +406,7 @@ class ProgramRunner:
         all): waits for the deferred work whose outputs overlap them and writes it."""
         keep = []
         for spans, names, fut in self._pending:
-            if touch is None or any(a < d and c < b for a, b in spans for c, d in touch):
+            if touch is None or _overlaps(spans, touch):
                 t0 = time.perf_counter()
                 res, dt = fut.result()
                 self.arm_times["wait"] += time.perf_counter() - t0

@@ -85,16 +85,28 @@ def backward_map(
     src = np.vstack([ref, ref_ring, border])
     dst = np.vstack([target, ring, border])
     tri = _triangles(width, height)
-    affines = _triangle_affines(dst[tri], src[tri])
-    ids = np.full((height, width), -1, np.int32)
-    for i, corners in enumerate(dst[tri]):
-        cv2.fillConvexPoly(ids, np.round(corners * 16).astype(np.int32), i, cv2.LINE_8, 4)
-    covered = ids >= 0
-    a = affines[np.where(covered, ids, 0)]  # (H, W, 2, 3)
+    dst_tri = dst[tri]
+    affines = _triangle_affines(dst_tri, src[tri])  # (T, 2, 3)
+    n = len(tri)
+    ids = np.full((height, width), n, np.int32)  # n: no triangle covers the pixel
+    corners = np.round(dst_tri * 16).astype(np.int32)
+    for i in range(n):
+        cv2.fillConvexPoly(ids, corners[i], i, cv2.LINE_8, 4)
+    # Per pixel, gather the 6 coefficients of its triangle's affine (an identity appended
+    # for uncovered pixels gives x and y exactly): no (H, W, 2, 3) table, few temporaries
+    # (this runs per frame on the board's ARM).
+    coef = np.concatenate([affines.reshape(n, 6), [[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]]]).T.copy()
     xs, ys = _grid(width, height)
-    map_x = np.where(covered, a[..., 0, 0] * xs + a[..., 0, 1] * ys + a[..., 0, 2], xs)
-    map_y = np.where(covered, a[..., 1, 0] * xs + a[..., 1, 1] * ys + a[..., 1, 2], ys)
-    return map_x.astype(np.float32), map_y.astype(np.float32)
+    maps = []
+    for r in (0, 3):  # map_x = a00 x + a01 y + a02, map_y = a10 x + a11 y + a12
+        m = coef[r][ids]
+        m *= xs
+        t = coef[r + 1][ids]
+        t *= ys
+        m += t
+        m += coef[r + 2][ids]
+        maps.append(m.astype(np.float32))
+    return maps[0], maps[1]
 
 
 @functools.cache
@@ -125,12 +137,15 @@ def landmark_heatmaps(
     Returns float32 (len(LANDMARK_GROUPS), size, size) in [0, 1]; sigma in heatmap px.
     """
     pts = (np.asarray(landmarks, np.float64) + 0.5) * (size / frame_size) - 0.5
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    r = np.arange(size, dtype=np.float64)
+    # The squared distance is separable: (x - px)^2 per column plus (y - py)^2 per row.
+    dx2 = (r[None, :] - pts[:, 0, None]) ** 2  # (68, size)
+    dy2 = (r[None, :] - pts[:, 1, None]) ** 2
     out = np.empty((len(LANDMARK_GROUPS), size, size), np.float32)
     for g, idx in enumerate(LANDMARK_GROUPS):
-        p = pts[list(idx)]
-        d2 = (xs[None] - p[:, 0, None, None]) ** 2 + (ys[None] - p[:, 1, None, None]) ** 2
-        out[g] = np.exp(-d2.min(axis=0) / (2 * sigma**2))
+        sl = slice(idx.start, idx.stop)
+        d2 = (dx2[sl, None, :] + dy2[sl, :, None]).min(axis=0)
+        out[g] = np.exp(-d2 / (2 * sigma**2))
     return out
 
 

@@ -2,7 +2,7 @@
 
     python -m codec.training.pair_check runs/grace-s2/export-8400.pt runs/grace-s2/export-9600.pt
 
-Pairs (source, driving) from the prepared val cache, at least `--min-gap` frames apart;
+Pairs (source, driving) from the prepared val cache, more than `--min-gap` frames apart;
 the source goes through the key-frame codec (HEVC intra at `--key-quality`) like a real
 key frame. Metrics are those of `gracecodec eval` (PSNR, MS-SSIM, dlib AKD and AED) on
 the 256x256 frames. A quick way to choose among training exports before a full eval.
@@ -15,17 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .train import PairDataset, coded_key_frame, make_inputs
-
-
-def sample_pairs(val: PairDataset, count: int, seed: int, min_gap: int) -> list:
-    rng = np.random.default_rng(seed)
-    pairs: list = []
-    while len(pairs) < count:
-        c, i, j = val.pair(rng)
-        if abs(i - j) > min_gap:
-            pairs.append((c, i, j))
-    return pairs
+from .train import PairDataset, coded_key_frame, distinct_pairs, make_inputs
 
 
 def score(checkpoints: list[Path], data: Path, pairs: int, seed: int, key_quality: int,
@@ -42,7 +32,7 @@ def score(checkpoints: list[Path], data: Path, pairs: int, seed: int, key_qualit
     val = PairDataset(data / "val")
     models = {str(p): load_model(p).to(memory_format=torch.channels_last) for p in checkpoints}
     rows: dict[str, list] = {"warp": [], **{k: [] for k in models}}
-    for c, i, j in tqdm(sample_pairs(val, pairs, seed, min_gap), desc="pairs"):
+    for c, i, j in tqdm(distinct_pairs(val, pairs, seed, min_gap), desc="pairs"):
         src = coded_key_frame(np.array(val.crops[c][i]), key_quality)
         dst = np.array(val.crops[c][j])
         ref = face_reference(dst)
@@ -68,8 +58,11 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=80)
     p.add_argument("--seed", type=int, default=21)
     p.add_argument("--key-quality", type=int, default=30)
+    p.add_argument("--min-gap", type=int, default=5)
     args = p.parse_args(argv)
-    result = score(args.checkpoints, args.data, args.pairs, args.seed, args.key_quality)
+    result = score(
+        args.checkpoints, args.data, args.pairs, args.seed, args.key_quality, args.min_gap
+    )
     print("| weights | PSNR (dB) | MS-SSIM | AKD (px) | AED |\n|---|---:|---:|---:|---:|")
     for name, (ps, ms, akd, aed) in result.items():
         print(f"| {name} | {ps:.2f} | {ms:.4f} | {akd:.2f} | {aed:.3f} |")
