@@ -381,7 +381,7 @@ def main(argv=None) -> None:
     )
     p.add_argument("--sharp-weight", type=float, default=16.0, help="weight of the sharpness L1")
     p.add_argument(
-        "--id-weight", type=float, default=1.0, help="weight of the dlib-descriptor distance"
+        "--id-weight", type=float, default=3.0, help="weight of the dlib-descriptor distance"
     )
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=10**9)
