@@ -19,9 +19,10 @@ vocabulary of the FPGA engines. Bilinear resizing of the grid and the occlusion 
 grid sample on a regular grid.
 
 ReLUs and additions work in place on fresh conv and resize outputs (safe under autograd:
-neither keeps its output for the backward pass): at 256x256 they save a large buffer each,
-about 15 % of a CPU frame. Products with the occlusion map stay out of place (their
-backward needs the warped features).
+neither keeps its output for the backward pass): at 256x256 they save a large buffer each
+(`gracecodec bench --backend torch`: 14.0 -> 18.1 frames/s on the idle 2-core machine).
+Products with the occlusion map stay out of place (their backward needs the warped
+features).
 """
 
 from __future__ import annotations
