@@ -4,7 +4,7 @@
 
 Pairs (source, driving) from the prepared val cache, more than `--min-gap` frames apart;
 the source goes through the key-frame codec (HEVC intra at `--key-quality`) like a real
-key frame. Metrics are those of `gracecodec eval` (PSNR, MS-SSIM, dlib AKD and AED) on
+key frame. Metrics are those of `gracecodec eval` (PSNR, SSIM, MS-SSIM, dlib AKD and AED) on
 the 256x256 frames. A quick way to choose among training exports before a full eval.
 """
 
@@ -19,12 +19,12 @@ from .train import PairDataset, coded_key_frame, distinct_pairs, make_inputs
 
 
 def score(checkpoints: list[Path], data: Path, pairs: int, seed: int, key_quality: int,
-          min_gap: int = 5) -> dict[str, np.ndarray]:  # fmt: skip
-    """name -> (PSNR, MS-SSIM, AKD, AED) means over the pairs the detector finds a face in."""
+          min_gap: int = 5, max_gap: int | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """name -> (PSNR, SSIM, MS-SSIM, AKD, AED) means over the pairs the detector finds a face in."""
     import torch
     from tqdm import tqdm
 
-    from ..evaluation.metrics import face_reference, face_scores, ms_ssim, psnr
+    from ..evaluation.metrics import face_reference, face_scores, ms_ssim, psnr, ssim
     from ..generators.torch_backend import load_model
     from ..models.grace_s import warp
 
@@ -32,7 +32,7 @@ def score(checkpoints: list[Path], data: Path, pairs: int, seed: int, key_qualit
     val = PairDataset(data / "val")
     models = {str(p): load_model(p).to(memory_format=torch.channels_last) for p in checkpoints}
     rows: dict[str, list] = {"warp": [], **{k: [] for k in models}}
-    for c, i, j in tqdm(distinct_pairs(val, pairs, seed, min_gap), desc="pairs"):
+    for c, i, j in tqdm(distinct_pairs(val, pairs, seed, min_gap, max_gap), desc="pairs"):
         src = coded_key_frame(np.array(val.crops[c][i]), key_quality)
         dst = np.array(val.crops[c][j])
         ref = face_reference(dst)
@@ -47,7 +47,9 @@ def score(checkpoints: list[Path], data: Path, pairs: int, seed: int, key_qualit
                 outs[k] = m.render(x["ref"], feats, x["grid"], x["target_heat"], x["ref_heat"])
         for k, out in outs.items():
             img = (out[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            rows[k].append((psnr(dst, img), ms_ssim(dst, img), *face_scores(ref, img)))
+            rows[k].append(
+                (psnr(dst, img), ssim(dst, img), ms_ssim(dst, img), *face_scores(ref, img))
+            )
     return {k: np.mean(v, axis=0) for k, v in rows.items()}
 
 
@@ -59,13 +61,23 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=21)
     p.add_argument("--key-quality", type=int, default=30)
     p.add_argument("--min-gap", type=int, default=5)
+    p.add_argument(
+        "--max-gap", type=int, default=None, help="at most this many frames apart (near pairs)"
+    )
     args = p.parse_args(argv)
     result = score(
-        args.checkpoints, args.data, args.pairs, args.seed, args.key_quality, args.min_gap
+        args.checkpoints,
+        args.data,
+        args.pairs,
+        args.seed,
+        args.key_quality,
+        args.min_gap,
+        args.max_gap,
     )
-    print("| weights | PSNR (dB) | MS-SSIM | AKD (px) | AED |\n|---|---:|---:|---:|---:|")
-    for name, (ps, ms, akd, aed) in result.items():
-        print(f"| {name} | {ps:.2f} | {ms:.4f} | {akd:.2f} | {aed:.3f} |")
+    print("| weights | PSNR (dB) | SSIM | MS-SSIM | AKD (px) | AED |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, (ps, ss, ms, akd, aed) in result.items():
+        print(f"| {name} | {ps:.2f} | {ss:.4f} | {ms:.4f} | {akd:.2f} | {aed:.3f} |")
     return 0
 
 

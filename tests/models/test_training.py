@@ -25,6 +25,7 @@ def tiny_cache(root, frames=3):
         np.save(root / name / "crops.npy", rng.integers(0, 256, (frames, 256, 256, 3), np.uint8))
         lms = np.stack([mean_face(256) + rng.normal(0, 2, (68, 2)) for _ in range(frames)])
         np.save(root / name / "decoded.npy", lms.astype(np.float32))
+        np.save(root / name / "landmarks.npy", lms.astype(np.float32))
         np.save(root / name / "segment.npy", np.zeros(frames, np.int32))
     (root / "index.json").write_text(json.dumps([{"clip": "a"}, {"clip": "b"}]))
 
@@ -87,6 +88,36 @@ def test_loss_terms_are_zero_for_a_perfect_output_and_grow_with_error():
     assert loss_on > loss_off > perfect  # the same error costs more on the face
 
 
+def test_ssim_and_keypoint_terms_are_zero_for_a_perfect_output_and_grow_with_error():
+    import cv2
+    from skimage import data as skdata
+
+    from codec.training import landmark_proxy as P
+
+    proxy = P.load_proxy(P.COMMITTED)
+    face = cv2.resize(skdata.astronaut()[:320, 96:416], (256, 256), interpolation=cv2.INTER_AREA)
+    target = torch.from_numpy(face).permute(2, 0, 1)[None].float() / 255
+    extra = dict(ssim_weight=0.5, proxy=proxy, kp_weight=0.1)
+    perfect, parts = T.loss_fn(target, target, 4.0, **extra)
+    assert perfect.item() == pytest.approx(0.0, abs=1e-3)
+    assert parts["ssim"] == pytest.approx(1.0, abs=1e-4) and parts["keypoints"] < 1e-2
+    moved, parts = T.loss_fn(target.roll(6, dims=-1), target, 4.0, **extra)
+    assert parts["ssim"] < 0.8 and parts["keypoints"] > 3.0 and moved > perfect
+
+
+def test_near_pairs_stay_close_and_far_ones_spread():
+    data = T.PairDataset.__new__(T.PairDataset)  # just the segments pair() reads
+    data.clips, data.segments = [{}], [np.zeros(200, np.int32)]
+    data.weights = np.ones(1)
+    rng = np.random.default_rng(0)
+    near = [data.pair(rng, near=1.0, near_gap=8) for _ in range(200)]
+    assert max(abs(i - j) for _, i, j in near) <= 8
+    far = [data.pair(rng) for _ in range(200)]
+    assert np.mean([abs(i - j) for _, i, j in far]) > 30
+    pairs = T.distinct_pairs(data, 20, seed=0, min_gap=0, max_gap=3)
+    assert all(0 < abs(i - j) <= 3 for _, i, j in pairs)
+
+
 def test_sharpness_charges_blur_more_than_a_small_shift():
     """A sharp picture two pixels off keeps its detail; the same picture blurred loses it.
     Pixel L1 prefers the blur, the sharpness term the shift."""
@@ -101,7 +132,7 @@ def test_sharpness_charges_blur_more_than_a_small_shift():
 
 def test_pair_check_scores_a_checkpoint_against_the_warp(tmp_path):
     """pair_check on a cache of real face pixels (the astronaut, moving): every row has
-    finite PSNR, MS-SSIM, AKD and AED, and the untrained model equals the warp's scores."""
+    finite PSNR, SSIM, MS-SSIM, AKD and AED, and the untrained model equals the warp's scores."""
     import cv2
     from skimage import data as skdata
 
@@ -121,5 +152,5 @@ def test_pair_check_scores_a_checkpoint_against_the_warp(tmp_path):
     result = pair_check.score([ckpt], tmp_path / "data", pairs=2, seed=0, key_quality=30, min_gap=0)
     assert set(result) == {"warp", str(ckpt)}
     for row in result.values():
-        assert row.shape == (4,) and np.all(np.isfinite(row))
+        assert row.shape == (5,) and np.all(np.isfinite(row))
     np.testing.assert_allclose(result[str(ckpt)], result["warp"], rtol=0.05, atol=0.05)
