@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["warp", "grace-s"],
         default=None,
         help="generator the stream is made for, named in its header (default: grace-s when "
-        "its weights ship with this build, else warp)",
+        "its shipped card marks it the default, else warp)",
     )
 
     d = add(

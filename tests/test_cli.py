@@ -291,6 +291,13 @@ def test_model_choice(example_clip, tmp_path, capsys):
     card = model_card("grace-s")
     if card is None or not card.get("default"):
         assert default_model() == ("warp", b"")
+    else:  # the shipped card makes grace-s the default: a plain encode names it
+        assert default_model() == ("grace-s", bytes.fromhex(card["digest"]))
+        plain = tmp_path / "d.agc"
+        assert main(["encode", str(example_clip), str(plain), "-q", "--max-frames", "3"]) == 0
+        with open(plain, "rb") as f:
+            header = AgcReader(f).header
+        assert (header.model_id, header.model_digest) == default_model()
     if card is None:
         line = run_fails(
             ["encode", str(example_clip), str(tmp_path / "g.agc"), "--model", "grace-s"], capsys

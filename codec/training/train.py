@@ -431,7 +431,7 @@ def main(argv=None) -> None:
         "--id-weight", type=float, default=3.0, help="weight of the dlib-descriptor distance"
     )
     p.add_argument(
-        "--ssim-weight", type=float, default=0.5, help="weight of (1 - full-resolution SSIM)"
+        "--ssim-weight", type=float, default=2.0, help="weight of (1 - full-resolution SSIM)"
     )
     p.add_argument(
         "--kp-weight", type=float, default=0.1, help="weight of the landmark-proxy distance (px)"
