@@ -20,7 +20,8 @@ grid sample on a regular grid.
 
 ReLUs and additions work in place on fresh conv and resize outputs (safe under autograd:
 neither keeps its output for the backward pass): at 256x256 they save a large buffer each
-(`gracecodec bench --backend torch`: 14.0 -> 18.1 frames/s on the idle 2-core machine).
+(one before/after measurement with `gracecodec bench --backend torch`: 14.0 -> 18.1
+frames/s on the 2-core machine of that session).
 Products with the occlusion map stay out of place (their backward needs the warped
 features).
 """

@@ -9,8 +9,9 @@ torch = pytest.importorskip("torch")
 
 from codec.motion import mean_face  # noqa: E402
 from codec.training import landmark_proxy as P  # noqa: E402
+from codec.training import train as T  # noqa: E402
 
-from .test_training import tiny_cache  # noqa: E402
+from .test_training import face_crop, tiny_cache  # noqa: E402
 
 
 def test_flip_table_mirrors_the_68_points():
@@ -50,12 +51,8 @@ def test_missing_proxy_is_a_clear_error(tmp_path):
 def test_committed_proxy_follows_a_moved_face():
     """On a real face no clip of ours holds (scikit-image's astronaut) the proxy's points
     move with the image, and sit on the face."""
-    import cv2
-    from skimage import data as skdata
-
     proxy = P.load_proxy(P.COMMITTED)
-    face = cv2.resize(skdata.astronaut()[:320, 96:416], (256, 256), interpolation=cv2.INTER_AREA)
-    x = torch.from_numpy(face).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(T.to_chw(face_crop()))[None]
     with torch.no_grad():
         here, moved = proxy(x)[0], proxy(x.roll(10, dims=-1))[0]
     shift = (moved - here).mean(0)

@@ -30,6 +30,14 @@ def tiny_cache(root, frames=3):
     (root / "index.json").write_text(json.dumps([{"clip": "a"}, {"clip": "b"}]))
 
 
+def face_crop() -> np.ndarray:
+    """A real face no clip of ours holds (scikit-image's astronaut), cut to a 256x256 crop."""
+    import cv2
+    from skimage import data as skdata
+
+    return cv2.resize(skdata.astronaut()[:320, 96:416], (256, 256), interpolation=cv2.INTER_AREA)
+
+
 @pytest.mark.slow
 def test_training_runs_resumes_and_exports(tmp_path):
     data = tmp_path / "data"
@@ -89,14 +97,10 @@ def test_loss_terms_are_zero_for_a_perfect_output_and_grow_with_error():
 
 
 def test_ssim_and_keypoint_terms_are_zero_for_a_perfect_output_and_grow_with_error():
-    import cv2
-    from skimage import data as skdata
-
     from codec.training import landmark_proxy as P
 
     proxy = P.load_proxy(P.COMMITTED)
-    face = cv2.resize(skdata.astronaut()[:320, 96:416], (256, 256), interpolation=cv2.INTER_AREA)
-    target = torch.from_numpy(face).permute(2, 0, 1)[None].float() / 255
+    target = torch.from_numpy(T.to_chw(face_crop()))[None]
     extra = dict(ssim_weight=0.5, proxy=proxy, kp_weight=0.1)
     perfect, parts = T.loss_fn(target, target, 4.0, **extra)
     assert perfect.item() == pytest.approx(0.0, abs=1e-3)
@@ -133,12 +137,9 @@ def test_sharpness_charges_blur_more_than_a_small_shift():
 def test_pair_check_scores_a_checkpoint_against_the_warp(tmp_path):
     """pair_check on a cache of real face pixels (the astronaut, moving): every row has
     finite PSNR, SSIM, MS-SSIM, AKD and AED, and the untrained model equals the warp's scores."""
-    import cv2
-    from skimage import data as skdata
-
     from codec.training import pair_check
 
-    face = cv2.resize(skdata.astronaut()[:320, 96:416], (256, 256), interpolation=cv2.INTER_AREA)
+    face = face_crop()
     root = tmp_path / "data" / "val"
     (root / "a").mkdir(parents=True)
     np.save(root / "a" / "crops.npy", np.stack([np.roll(face, 2 * k, axis=1) for k in range(4)]))
