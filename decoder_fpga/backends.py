@@ -453,41 +453,42 @@ class ProgramRunner:
         for st, touch in zip(self.program.steps(stage), self._touch[stage]):
             if self._pending:
                 self._join(touch)
-            op = st["op"]
-            if op == "conv":
-                c = st["cfg"]
-                k, cin, cout = c["k"], c["cin"], c["cout"]
-                ho = ref.conv_out_size(c["h"], k, c["stride"], bool(c["upsample"]))
-                wo = ref.conv_out_size(c["w"], k, c["stride"], bool(c["upsample"]))
-                x = self._at(self.arena, st["x"], (cin, c["h"], c["w"]), np.int8)
-                w = self._at(
-                    self.weights, st["w"], (cout, 1 if c["depthwise"] else cin, k, k), np.int8
-                )
-                params = self._at(self.weights, st["params"], (cout, 3), np.int32)
-                res = (
-                    self._at(self.arena, st["res"], (cout, ho, wo), np.int8)
-                    if c["residual"]
-                    else None
-                )
-                y = self.engines.conv(x, w, params, res, c)
-                self._at(self.arena, st["y"], (cout, ho, wo), np.int8)[...] = y
-            elif op == "grid_sample":
-                c = st["cfg"]
-                x = self._at(self.arena, st["x"], (c["c"], c["h"], c["w"]), np.int8)
-                grid = self._at(self.arena, st["grid"], (2, c["ho"], c["wo"]), np.int16)
-                occ = (
-                    self._at(self.arena, st["occ"], (c["ho"], c["wo"]), np.uint8)
-                    if c["occlusion"]
-                    else None
-                )
-                y = self.engines.grid_sample(x, grid, occ, c)
-                self._at(self.arena, st["y"], (c["c"], c["ho"], c["wo"]), np.int8)[...] = y
+            if st["op"] in ("conv", "grid_sample"):
+                self._engine_step(st)
             else:
-                ARM_OPS[st["node"]](self, **inputs)
-                if st["node"] in DEFERRING_OPS:
-                    self._released()
+                self._arm_step(st, inputs)
         self._released()
         self._join()
+
+    def _arm_step(self, st: dict, inputs: dict) -> None:
+        ARM_OPS[st["node"]](self, **inputs)
+        if st["node"] in DEFERRING_OPS:
+            self._released()
+
+    def _engine_step(self, st: dict) -> None:
+        c = st["cfg"]
+        if st["op"] == "conv":
+            k, cin, cout = c["k"], c["cin"], c["cout"]
+            ho = ref.conv_out_size(c["h"], k, c["stride"], bool(c["upsample"]))
+            wo = ref.conv_out_size(c["w"], k, c["stride"], bool(c["upsample"]))
+            x = self._at(self.arena, st["x"], (cin, c["h"], c["w"]), np.int8)
+            w = self._at(self.weights, st["w"], (cout, 1 if c["depthwise"] else cin, k, k), np.int8)
+            params = self._at(self.weights, st["params"], (cout, 3), np.int32)
+            res = (
+                self._at(self.arena, st["res"], (cout, ho, wo), np.int8) if c["residual"] else None
+            )
+            y = self.engines.conv(x, w, params, res, c)
+            self._at(self.arena, st["y"], (cout, ho, wo), np.int8)[...] = y
+        else:
+            x = self._at(self.arena, st["x"], (c["c"], c["h"], c["w"]), np.int8)
+            grid = self._at(self.arena, st["grid"], (2, c["ho"], c["wo"]), np.int16)
+            occ = (
+                self._at(self.arena, st["occ"], (c["ho"], c["wo"]), np.uint8)
+                if c["occlusion"]
+                else None
+            )
+            y = self.engines.grid_sample(x, grid, occ, c)
+            self._at(self.arena, st["y"], (c["c"], c["ho"], c["wo"]), np.int8)[...] = y
 
 
 def _timed(fn, *args):

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .backends import ARM_OPS, DEFERRING_OPS, Int8Generator, ProgramRunner, resolve_program
+from .backends import Int8Generator, ProgramRunner, resolve_program
 from .driver import DEFAULT_TIMEOUT_S, Board, Device
 from .program import DTYPES, Program
 
@@ -68,26 +68,10 @@ class BoardRunner(ProgramRunner):
         before, at0 = dict(b.times), dict(self.arm_times)
         self.deferred_times = {}
         t_start = time.perf_counter()
-        engines = arm = 0
-        by_op: dict[str, float] = {}
-        self._pending = []
-        for st, touch in zip(self.program.steps(stage), self._touch[stage]):
-            if self._pending:
-                self._join(touch)
-            if st["op"] in ("conv", "grid_sample"):
-                b.run_step(st)
-                engines += 1
-            else:
-                t0, d0 = self._clock(), self.arm_times["deferred"] + self.arm_times["join"]
-                ARM_OPS[st["node"]](self, **inputs)
-                d1 = self.arm_times["deferred"] + self.arm_times["join"]
-                dt = self._clock() - t0 - (d1 - d0)  # less deferred work done in the op
-                if st["node"] in DEFERRING_OPS:
-                    self._released()
-                by_op[st["node"]] = by_op.get(st["node"], 0.0) + dt
-                arm += 1
-        self._released()
-        self._join()
+        self._counts = {"engine_steps": 0, "arm_ops": 0}
+        self._by_op: dict[str, float] = {}
+        super().run(stage, **inputs)
+        by_op = self._by_op
         if "image" in self.state:
             self.state["image"] = b.output_frame(self.state["image"]).copy()
         for names, (late, write) in self.deferred_times.items():
@@ -96,11 +80,23 @@ class BoardRunner(ProgramRunner):
         rec = {s: b.times.get(s, 0.0) - before.get(s, 0.0) for s in STAGES}
         d = {k: v - at0[k] for k, v in self.arm_times.items()}
         rec["arm"] = sum(by_op.values())
-        rec.update(stage=stage, engine_steps=engines, arm_ops=arm, arm_by_op=by_op,
+        rec.update(stage=stage, **self._counts, arm_by_op=by_op,
                    arm_inline=by_op.get("motion_head", 0.0) + d["join"],
                    arm_deferred=d["deferred"], wait=d["wait"])  # fmt: skip
         rec["total"] = time.perf_counter() - t_start
         self.trace.append(rec)
+
+    def _engine_step(self, st: dict) -> None:
+        self.board.run_step(st)
+        self._counts["engine_steps"] += 1
+
+    def _arm_step(self, st: dict, inputs: dict) -> None:
+        t0, d0 = self._clock(), self.arm_times["deferred"] + self.arm_times["join"]
+        super()._arm_step(st, inputs)
+        d1 = self.arm_times["deferred"] + self.arm_times["join"]
+        dt = self._clock() - t0 - (d1 - d0)  # less deferred work done in the op
+        self._by_op[st["node"]] = self._by_op.get(st["node"], 0.0) + dt
+        self._counts["arm_ops"] += 1
 
 
 class BoardGenerator(Int8Generator):

@@ -354,6 +354,8 @@ def train(args: argparse.Namespace) -> None:
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
+        for group in opt.param_groups:  # the optimiser state holds the old rate: --lr wins
+            group["lr"] = args.lr
         step = state["step"]
         rng.bit_generator.state = state["rng"]
         print(f"resumed at step {step}")

@@ -50,9 +50,10 @@ def test_training_runs_resumes_and_exports(tmp_path):
     first = torch.load(run / "checkpoint.pt", weights_only=False)
     assert first["step"] == 2
     assert (run / "samples_000002.png").is_file()
-    T.main(common + ["--steps", "4"])  # resumes from step 2
+    T.main(common + ["--steps", "4", "--lr", "1e-5"])  # resumes from step 2
     second = torch.load(run / "checkpoint.pt", weights_only=False)
     assert second["step"] == 4
+    assert second["opt"]["param_groups"][0]["lr"] == 1e-5  # a new rate applies on resume
     moved = [k for k in first["model"] if not torch.equal(first["model"][k], second["model"][k])]
     assert moved, "resumed training did not update the weights"
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
