@@ -54,6 +54,7 @@ def test_encode_decode_round_trip_lossless(example_clip, encoded, tmp_path, caps
     # FFV1 is lossless: the file holds exactly what the decoder produced in memory.
     with open(encoded, "rb") as f:
         reader = AgcReader(f)
+        assert reader.header.frame_count == source.frame_count  # written once it is known
         dec = Decoder(reader.header)
         frames = [fr for p in reader for fr in dec.decode(p)]
     assert len(frames) == len(decoded)

@@ -218,7 +218,7 @@ def _code_grace(clip: _ClipData, run: Run) -> _Coded:
     config = EncoderConfig(
         key_quality=run.key_quality, keyframe_interval=run.keyframe_interval, model_id=model
     )
-    enc = Encoder(config, clip.fps, size, size)
+    enc = Encoder(config, clip.fps, size, size, frame_count=len(clip.faces))  # as encode's files
     enc.pipeline = _Replay()
     buf = io.BytesIO()
     payload = keyframes = 0
