@@ -187,8 +187,8 @@ class MotionConfig:
         scale; pose steps are derived from it (see `steps`).
     """
 
-    num_coeffs: int = 60
-    step_px: float = 1.0
+    num_coeffs: int = 20
+    step_px: float = 1.25
 
     def steps(self, model: ShapeModel) -> np.ndarray:
         """float64 (4 + k,) quantisation step of each parameter.

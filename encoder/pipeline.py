@@ -24,8 +24,8 @@ from .tracker import FaceTracker
 class PipelineConfig:
     detector: str = "dlib"
     crop: CropConfig = CropConfig()
-    smooth_min_cutoff: float = 1.0  # Hz
-    smooth_beta: float = 1.0
+    smooth_min_cutoff: float = 5.0  # Hz
+    smooth_beta: float = 5.0
     max_wait_frames: int = 250  # frames held while no face has been seen yet
 
 
