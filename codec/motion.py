@@ -187,7 +187,7 @@ class MotionConfig:
         scale; pose steps are derived from it (see `steps`).
     """
 
-    num_coeffs: int = 20
+    num_coeffs: int = 20  # with the lighter smoothing, fewer bits than 60 and closer to the frame
     step_px: float = 1.25
 
     def steps(self, model: ShapeModel) -> np.ndarray:

@@ -24,6 +24,7 @@ from .tracker import FaceTracker
 class PipelineConfig:
     detector: str = "dlib"
     crop: CropConfig = CropConfig()
+    # 5 Hz at rest: 1 Hz lagged the mouth by frames (1.85 px from the frame, bench-motion)
     smooth_min_cutoff: float = 5.0  # Hz
     smooth_beta: float = 5.0
     max_wait_frames: int = 250  # frames held while no face has been seen yet
