@@ -41,16 +41,18 @@ def read_manifest(data_dir, split: str | None = None) -> list[Clip]:
     ]
 
 
-def _track_cache_key() -> str:
-    from encoder.pipeline import PipelineConfig
-
-    return hashlib.sha256(repr(PipelineConfig()).encode()).hexdigest()[:10]
+def _track_cache_key(pipeline_config) -> str:
+    return hashlib.sha256(repr(pipeline_config).encode()).hexdigest()[:10]
 
 
 def clip_track(
-    clip_path, cache_dir=None, max_frames: int | None = None, frame_stride: int | None = None
+    clip_path,
+    cache_dir=None,
+    max_frames: int | None = None,
+    frame_stride: int | None = None,
+    pipeline_config=None,
 ) -> dict[str, np.ndarray]:
-    """Runs the encoder's face pipeline over a clip.
+    """Runs the encoder's face pipeline (its default config, or `pipeline_config`) over a clip.
 
     Returns landmarks float32 (T, 68, 2) smoothed, in crop px; recentred bool (T,);
     fps float; with `frame_stride`, also frame_landmarks float32 (T, 68, 2): every
@@ -58,21 +60,22 @@ def clip_track(
     dlib detection and shape fit on the crop), NaN elsewhere and where no face is found.
     Cached in `cache_dir` when given.
     """
-    from encoder.pipeline import FacePipeline, face_frames
+    from encoder.pipeline import FacePipeline, PipelineConfig, face_frames
 
     from .evaluation.metrics import face_reference
     from .video import probe_video, read_frames
 
     clip_path = Path(clip_path)
+    config = pipeline_config or PipelineConfig()
     cache = None
     if cache_dir is not None:
-        tag = f"{clip_path.stem}.{_track_cache_key()}.{max_frames or 'all'}.f{frame_stride or 0}"
+        tag = f"{clip_path.stem}.{_track_cache_key(config)}.{max_frames or 'all'}.f{frame_stride or 0}"
         cache = Path(cache_dir) / f"{tag}.npz"
         if cache.is_file():
             with np.load(cache) as z:
                 return {k: z[k] for k in z.files}
     info = probe_video(clip_path)
-    pipeline = FacePipeline(float(info.fps), info.width, info.height)
+    pipeline = FacePipeline(float(info.fps), info.width, info.height, config)
     lms, rec, own = [], [], []
     for face in face_frames(read_frames(clip_path, max_frames), pipeline):
         lms.append(face.landmarks)
@@ -106,14 +109,14 @@ def _segments(track: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def _tracks(
-    clips: list[Clip], cache, quiet: bool, frame_stride: int | None = None
+    clips: list[Clip], cache, quiet: bool, frame_stride: int | None = None, pipeline_config=None
 ) -> list[dict[str, np.ndarray]]:
     from tqdm import tqdm
 
     out = []
     for clip in tqdm(clips, desc="landmark tracks", unit="clip", disable=quiet):
         try:
-            out.append(clip_track(clip.path, cache, frame_stride=frame_stride))
+            out.append(clip_track(clip.path, cache, None, frame_stride, pipeline_config))
         except InputError as e:
             print(f"skipped {clip.path.name}: {e}")
     return out
@@ -219,8 +222,12 @@ def bench_motion(
     num_coeffs: int | None = None,
     cache=None,
     quiet: bool = False,
+    smoothing: tuple[float, float] | None = None,
 ) -> str:
-    """Motion rate and landmark error on a split; returns a Markdown table."""
+    """Motion rate and landmark error on a split; returns a Markdown table. smoothing:
+    (min cutoff Hz, beta) of the encoder's One-Euro filter instead of its defaults."""
+    from encoder.pipeline import PipelineConfig
+
     from .motion import MotionConfig
 
     config = MotionConfig()
@@ -230,7 +237,12 @@ def bench_motion(
         config = dataclasses.replace(config, num_coeffs=num_coeffs)
     clips = read_manifest(data_dir, split)[:max_clips]
     rows = []
-    for clip, track in zip(clips, _tracks(clips, cache, quiet, FRAME_STRIDE)):
+    pipeline = PipelineConfig()
+    if smoothing is not None:
+        pipeline = dataclasses.replace(
+            pipeline, smooth_min_cutoff=smoothing[0], smooth_beta=smoothing[1]
+        )
+    for clip, track in zip(clips, _tracks(clips, cache, quiet, FRAME_STRIDE, pipeline)):
         r = code_track(track, config)
         r.name = clip.path.stem[-40:]
         rows.append(r)
@@ -241,6 +253,7 @@ def bench_motion(
         return bits * r.fps / r.frames / 1000
 
     lines = [
+        f"smoothing {pipeline.smooth_min_cutoff} Hz, beta {pipeline.smooth_beta}; "
         f"motion coder: {config.num_coeffs} coefficients, step {config.step_px} px; "
         f"{len(rows)} {split} clips of {data_dir}",
         "",

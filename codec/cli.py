@@ -87,6 +87,7 @@ def cmd_bench_motion(args: argparse.Namespace) -> int:
             num_coeffs=args.num_coeffs,
             cache=args.cache,
             quiet=args.quiet,
+            smoothing=args.smoothing,
         )
     )
     return 0
@@ -350,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-clips", type=int, default=None)
     b.add_argument("--motion-step", type=float, default=None)
     b.add_argument("--num-coeffs", type=int, default=None)
+    b.add_argument(
+        "--smoothing",
+        type=float,
+        nargs=2,
+        metavar=("HZ", "BETA"),
+        default=None,
+        help="the encoder's One-Euro min cutoff and beta (default: the encoder's)",
+    )
     b.add_argument("--cache", default="cache/tracks", help="folder for cached landmark tracks")
 
     v = add(

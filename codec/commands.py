@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -96,26 +97,26 @@ def encode_file(
     stats = EncodeStats(fps=info.fps)
     total = min(info.frame_count, max_frames or info.frame_count) or max_frames
     start = time.perf_counter()
+    # Packets are held in memory (a few kbit/s) until the frame count is known: the header
+    # carries it, and a varint cannot be patched in place.
+    packets = io.BytesIO()
+    writer = AgcWriter(packets, enc.header)
+
+    def write(batch: list[Packet]) -> None:
+        for p in batch:
+            writer.write(p)
+            stats.frames += p.kind in (PacketKind.KEYFRAME, PacketKind.MOTION)
+            stats.keyframes += p.kind == PacketKind.KEYFRAME
+
+    for frame in progress(read_frames(input_path, max_frames), total):
+        write(enc.encode(frame))
+    write(enc.flush())
+    writer.close()
+    body = packets.getvalue()[len(enc.header.to_bytes()) :]
+    header = dataclasses.replace(enc.header, frame_count=stats.frames).to_bytes()
     with atomic_output(output_path) as tmp:
-        with open(tmp, "wb") as f:
-            writer = AgcWriter(f, enc.header)
-
-            def write(packets: list[Packet]) -> None:
-                for p in packets:
-                    writer.write(p)
-                    stats.frames += p.kind in (PacketKind.KEYFRAME, PacketKind.MOTION)
-                    stats.keyframes += p.kind == PacketKind.KEYFRAME
-
-            for frame in progress(read_frames(input_path, max_frames), total):
-                write(enc.encode(frame))
-            write(enc.flush())
-            writer.close()
-        # The frame count is known only now, and a varint cannot be patched in place: the
-        # header is written again in front of the packets.
-        packets = tmp.read_bytes()[len(enc.header.to_bytes()) :]
-        header = dataclasses.replace(enc.header, frame_count=stats.frames).to_bytes()
-        tmp.write_bytes(header + packets)
-        stats.bytes_total = len(header) + len(packets)
+        tmp.write_bytes(header + body)
+    stats.bytes_total = len(header) + len(body)
     stats.seconds = time.perf_counter() - start
     stats.lost_frames = enc.pipeline.lost_frames
     return stats
