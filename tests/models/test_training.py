@@ -50,7 +50,8 @@ def test_training_runs_resumes_and_exports(tmp_path):
     first = torch.load(run / "checkpoint.pt", weights_only=False)
     assert first["step"] == 2
     assert (run / "samples_000002.png").is_file()
-    T.main(common + ["--steps", "4", "--lr", "1e-5"])  # resumes from step 2
+    T.main(common + ["--steps", "4", "--lr", "1e-5", "--keep-exports"])  # resumes from step 2
+    assert sorted(p.name for p in run.glob("export-*.pt")) == ["export-000004.pt"]
     second = torch.load(run / "checkpoint.pt", weights_only=False)
     assert second["step"] == 4
     assert second["opt"]["param_groups"][0]["lr"] == 1e-5  # a new rate applies on resume
