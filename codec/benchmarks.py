@@ -230,7 +230,9 @@ def bench_motion(
 
     from .motion import MotionConfig
 
-    config = MotionConfig()
+    # The landmarks' part of the motion stream: the camera's needs the crops (it is in
+    # `gracecodec bench` and `gracecodec eval`, which code whole streams).
+    config = MotionConfig(camera=False)
     if motion_step is not None:
         config = dataclasses.replace(config, step_px=motion_step)
     if num_coeffs is not None:

@@ -36,6 +36,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         detector=args.landmarks,
         motion_step=args.motion_step,
+        camera_motion=not args.no_camera_motion,
         model=args.model,
         progress=lambda it, total: _progress(it, args.quiet, total, "encode"),
     )
@@ -167,6 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             tuple(args.keyframe_intervals) if args.keyframe_intervals else config.keyframe_intervals
         ),
         backends=tuple(args.backends) if args.backends else config.backends,
+        camera_motion=not args.no_camera_motion,
     )
     result = run_eval(
         find_clips(args.clips, split),
@@ -304,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="motion quantisation step in crop px (default: the coder's)",
     )
     e.add_argument(
+        "--no-camera-motion",
+        action="store_true",
+        help="do not track and send the camera's motion (a still camera: the background "
+        "stays where the key frame has it)",
+    )
+    e.add_argument(
         "--model",
         choices=["warp", "grace-s"],
         default=None,
@@ -427,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=backend_names(),
         help="gracecodec generator backends to run (default: warp torch; csim is the int8 "
         "arithmetic at C speed)",
+    )
+    v.add_argument(
+        "--no-camera-motion",
+        action="store_true",
+        help="gracecodec streams without the camera's motion (as encode --no-camera-motion)",
     )
 
     bc = add("bench", cmd_bench, "encode and decode clips of ../shared/data: rate and speed table")

@@ -70,6 +70,7 @@ def encode_file(
     max_frames: int | None = None,
     detector: str = "dlib",
     motion_step: float | None = None,
+    camera_motion: bool = True,
     model: str | None = None,
     progress: Progress = _no_progress,
 ) -> EncodeStats:
@@ -83,7 +84,9 @@ def encode_file(
     check_writable(output_path)
     model_id, model_digest = _stream_model(model)
     info = probe_video(input_path)
-    motion = MotionConfig() if motion_step is None else MotionConfig(step_px=motion_step)
+    motion = MotionConfig(camera=camera_motion)
+    if motion_step is not None:
+        motion = dataclasses.replace(motion, step_px=motion_step)
     config = EncoderConfig(
         key_codec=key_codec,
         key_quality=key_quality,

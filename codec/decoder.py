@@ -45,7 +45,7 @@ class Decoder:
         self.header = header
         shape_model = default_shape_model()
         self.motion = MotionDecoder(
-            MotionConfig.from_bytes(header.motion_params, shape_model), shape_model
+            MotionConfig.from_bytes(header.motion_params, shape_model), shape_model, header.width
         )
         self.backend = backend or default_backend(header)
         self.generator = make_generator(self.backend, header.model_id, header.model_digest)
@@ -112,7 +112,8 @@ class Decoder:
         return image
 
     def _motion(self, packet: Packet) -> np.ndarray:
-        """Decodes a MOTION packet's landmarks: float32 (68, 2)."""
+        """Decodes a MOTION packet's motion points: float32 (68, 2), or (72, 2) with the
+        camera's (`codec.motion`); generators take either."""
         if self.needs_keyframe:
             raise BitstreamError(f"MOTION at pts {packet.pts} without a preceding key frame")
         self._check_pts(packet.pts, keyframe=False)

@@ -1,12 +1,18 @@
 """Motion coding: 68 landmarks a frame -> a few dozen bits, over one continuous stream.
 
+A frame's motion points are its 68 landmarks and, when the stream carries camera motion
+(`MotionConfig.camera`), four more: where the key frame's crop corners are in this frame
+(the background under a panning or zooming camera, `encoder.camera`), float (72, 2).
+
 Pipeline (encoder and decoder run the same arithmetic, so the encoder knows exactly the
 landmarks the receiver reconstructs):
 
 1. **Reduce.** A similarity transform (centroid x/y, log scale, rotation) maps the
    landmarks onto a normalised shape, which a PCA basis fitted on training clips
    (`codec/assets/shape_model.npz`) reduces to `num_coeffs` coefficients. A frame is
-   then a parameter vector ``[cx, cy, log_s, theta, b_1 .. b_k]``.
+   then a parameter vector ``[cx, cy, log_s, theta, b_1 .. b_k]``, followed, with camera
+   motion, by the similarity that moves the key frame's corners, ``[tx, ty, a, b]`` (about
+   the crop centre: p' = c + [[1 + a, -b], [b, 1 + a]] (p - c) + t; zero at a key frame).
 2. **Quantise** each parameter with a uniform step derived from one knob, the motion
    step in crop pixels.
 3. **Predict** each parameter from the previous *decoded* frame (closed-loop DPCM), so
@@ -38,7 +44,9 @@ import numpy as np
 from . import binary
 from .errors import BitstreamError
 
-MOTION_CODER_VERSION = 1  # bump when anything that changes the coded bits changes
+MOTION_CODER_VERSION = 2  # bump when anything that changes the coded bits changes
+# 1: landmarks only; 2: + a flags byte (bit 0: camera motion). Both decode.
+FLAG_CAMERA = 1
 ALPHABET_HALF = 12  # residual indices -12..12 get their own symbol
 ESCAPE = 2 * ALPHABET_HALF + 1  # then a raw 16-bit zigzag value follows
 ALPHABET = ESCAPE + 1
@@ -46,6 +54,8 @@ MAX_RESIDUAL = 2**15 - 1
 COUNT_INCREMENT = 24  # adaptation speed of the frequency counts
 COUNT_LIMIT = 1 << 13  # halve the counts above this total: forget old statistics
 NUM_POSE = 4  # cx, cy, log_s, theta
+NUM_CAMERA = 4  # tx, ty, a, b
+NUM_LANDMARKS = 68
 LOOKAHEAD_WORDS = 2  # words a range decoder reads beyond its current position
 
 
@@ -146,6 +156,41 @@ def _rotation(theta: float) -> np.ndarray:
     return np.array([[cos, -sin], [sin, cos]])
 
 
+def similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (2x3 matrix) mapping src (N, 2) onto dst (N, 2)."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = src - ms, dst - md
+    a = (s * d).sum() / (s**2).sum()
+    b = (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum() / (s**2).sum()
+    rot = np.array([[a, -b], [b, a]])
+    return np.hstack([rot, (md - rot @ ms)[:, None]])
+
+
+def crop_corners(width: int, height: int) -> np.ndarray:
+    """float64 (4, 2): the corner pixel centres of a crop (the camera's motion points)."""
+    return np.array([(0, 0), (width - 1, 0), (0, height - 1), (width - 1, height - 1)], float)
+
+
+def corners_to_camera(corners: np.ndarray, size: int) -> np.ndarray:
+    """float (4, 2) key-frame corners as seen in a frame -> float64 [tx, ty, a, b]."""
+    key = crop_corners(size, size)
+    m = similarity_fit(key, corners)
+    c = np.full(2, (size - 1) / 2)
+    t = m[:, :2] @ c + m[:, 2] - c
+    return np.array([t[0], t[1], m[0, 0] - 1, m[1, 0]])
+
+
+def camera_to_corners(camera: np.ndarray, size: int) -> np.ndarray:
+    """float64 [tx, ty, a, b] -> float32 (4, 2): where the key frame's corners went."""
+    tx, ty, a, b = camera
+    c = np.full(2, (size - 1) / 2)
+    with np.errstate(over="ignore", invalid="ignore"):  # damaged streams: see below
+        m = np.array([[1 + a, -b], [b, 1 + a]])
+        return ((crop_corners(size, size) - c) @ m.T + c + [tx, ty]).astype(np.float32)
+
+
 def landmarks_to_params(landmarks: np.ndarray, model: ShapeModel, k: int) -> np.ndarray:
     """float (68, 2) crop px -> float64 (4 + k,) parameters [cx, cy, log_s, theta, b_1..b_k]."""
     pose, shape = similarity_normalise(landmarks, model.mean)
@@ -184,21 +229,31 @@ class MotionConfig:
 
     num_coeffs: PCA coefficients sent per frame.
     step_px: quantisation step of a shape coefficient, in crop pixels at the typical face
-        scale; pose steps are derived from it (see `steps`).
+        scale; pose and camera steps are derived from it (see `steps`).
+    camera: each frame also carries the camera's motion since the key frame.
     """
 
     num_coeffs: int = 20  # with the lighter smoothing, fewer bits than 60 and closer to the frame
     step_px: float = 1.25
+    camera: bool = True
 
-    def steps(self, model: ShapeModel) -> np.ndarray:
-        """float64 (4 + k,) quantisation step of each parameter.
+    @property
+    def num_params(self) -> int:
+        return NUM_POSE + self.num_coeffs + (NUM_CAMERA if self.camera else 0)
+
+    def steps(self, model: ShapeModel, size: int = 256) -> np.ndarray:
+        """float64 (num_params,) quantisation step of each parameter.
 
         Each pose parameter gets a step whose error, spread over the face, is a quarter
         of a coefficient step's: pose errors move every point, shape errors spread out.
+        The camera's steps move the middle of the crop's edges by half a coefficient step:
+        the background needs less precision than the face (a quarter cost 1.5x the bits
+        for no gain on the val clips).
         """
         q = self.step_px
         pose = [q / 4, q / 4, q / (4 * model.scale0), q / (4 * model.scale0)]
-        return np.array(pose + [q / model.scale0] * self.num_coeffs)
+        camera = [q / 2, q / 2, q / size, q / size] if self.camera else []
+        return np.array(pose + [q / model.scale0] * self.num_coeffs + camera)
 
     def to_bytes(self, model: ShapeModel) -> bytes:
         return (
@@ -206,13 +261,14 @@ class MotionConfig:
             + binary.length_prefixed(model.digest)
             + binary.u8(self.num_coeffs)
             + binary.varint(round(self.step_px * 1000))
+            + binary.u8(FLAG_CAMERA if self.camera else 0)
         )
 
     @classmethod
     def from_bytes(cls, data: bytes, model: ShapeModel) -> MotionConfig:
         r = binary.ByteReader(data, "motion parameters")
         version = r.u8()
-        if version != MOTION_CODER_VERSION:
+        if version not in (1, MOTION_CODER_VERSION):
             raise BitstreamError(f"motion coder version {version} is not supported")
         digest = r.length_prefixed(32)
         if digest != model.digest:
@@ -221,9 +277,12 @@ class MotionConfig:
             )
         k = r.u8()
         step = r.varint(10**6) / 1000
+        flags = r.u8() if version >= 2 else 0
         if not 1 <= k <= model.max_coeffs or step <= 0:
             raise BitstreamError(f"motion parameters out of range (k={k}, step={step})")
-        return cls(num_coeffs=k, step_px=step)
+        if flags & ~FLAG_CAMERA:
+            raise BitstreamError(f"unknown motion coder flags 0x{flags:02x}")
+        return cls(num_coeffs=k, step_px=step, camera=bool(flags & FLAG_CAMERA))
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,16 +291,26 @@ class MotionConfig:
 
 
 class _AdaptiveModels:
-    """One frequency table per parameter, updated after every frame identically on both sides."""
+    """One frequency table per parameter, updated after every frame identically on both sides.
 
-    def __init__(self, n: int, prior: np.ndarray | None):
-        if prior is not None and prior.shape[0] >= n:
-            self.initial = prior[:n].astype(np.int64)
+    Rows: the shape model's priors for the pose and shape parameters (when it has them),
+    `_CAMERA_PRIOR` for the camera's.
+    """
+
+    def __init__(self, n: int, prior: np.ndarray | None, camera: int = 0):
+        dist = np.abs(np.arange(ALPHABET) - ALPHABET_HALF)
+        m = n - camera
+        if prior is not None and prior.shape[0] >= m:
+            rows = prior[:m].astype(np.int64)
         else:  # a generic peaked prior: zero residuals are the most likely
-            dist = np.abs(np.arange(ALPHABET) - ALPHABET_HALF)
             row = np.maximum(1, (256 * 0.5**dist).astype(np.int64))
             row[ESCAPE] = 1
-            self.initial = np.tile(row, (n, 1))
+            rows = np.tile(row, (m, 1))
+        # A still camera sends zeros frame after frame: start sure of them (a pan's first
+        # few frames cost a few bits more until the counts adapt).
+        still = np.maximum(1, (4096 * 0.0625**dist).astype(np.int64))
+        still[ESCAPE] = 1
+        self.initial = np.vstack([rows, np.tile(still, (camera, 1))])
         self.reset()
 
     def reset(self) -> None:
@@ -282,21 +351,42 @@ def _residual_symbols(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class _Predictor:
     """Closed-loop state shared by both sides: decoded indices and the coder context."""
 
-    def __init__(self, config: MotionConfig, model: ShapeModel):
+    def __init__(self, config: MotionConfig, model: ShapeModel, size: int):
         self.config = config
         self.model = model
-        self.steps = config.steps(model)
-        self.n = NUM_POSE + config.num_coeffs
-        self.models = _AdaptiveModels(self.n, model.prior_counts)
+        self.size = size
+        self.steps = config.steps(model, size)
+        self.n = config.num_params
+        self.num_camera = NUM_CAMERA if config.camera else 0
+        self.models = _AdaptiveModels(self.n, model.prior_counts, self.num_camera)
         self.previous: np.ndarray | None = None  # int64 (n,) decoded indices
         self.detail_step = config.step_px / (2 * model.scale0)
         self.detail = np.zeros(136)  # the key frame's shape detail outside the PCA basis
 
+    def to_params(self, points: np.ndarray) -> np.ndarray:
+        """Motion points (68 or 72, 2) -> float64 (n,) parameters (a missing camera: still)."""
+        points = np.asarray(points, np.float64)
+        params = landmarks_to_params(points[:NUM_LANDMARKS], self.model, self.config.num_coeffs)
+        if not self.num_camera:
+            return params
+        if len(points) > NUM_LANDMARKS:
+            camera = corners_to_camera(points[NUM_LANDMARKS:], self.size)
+        else:
+            camera = np.zeros(NUM_CAMERA)
+        return np.concatenate([params, camera])
+
     def indices_to_landmarks(self, indices: np.ndarray) -> np.ndarray:
-        return params_to_landmarks(indices * self.steps, self.model, self.detail)
+        """Decoded indices -> float32 motion points (68, 2), or (72, 2) with the camera."""
+        params = indices * self.steps
+        m = self.n - self.num_camera
+        pts = params_to_landmarks(params[:m], self.model, self.detail)
+        if not self.num_camera:
+            return pts
+        return np.vstack([pts, camera_to_corners(params[m:], self.size)])
 
     def start_segment(self, indices: np.ndarray, detail_indices: np.ndarray) -> None:
-        self.previous = indices
+        """indices: the key frame's pose and shape; its camera is still by definition."""
+        self.previous = np.concatenate([indices, np.zeros(self.num_camera, np.int64)])
         self.detail = detail_indices * self.detail_step
         self.models.reset()
 
@@ -310,20 +400,23 @@ class MotionEncoder:
     ready; `seal()` before the next key frame or at the end releases the held-back rest.
     """
 
-    def __init__(self, config: MotionConfig, model: ShapeModel | None = None):
-        self.state = _Predictor(config, model or default_shape_model())
+    def __init__(self, config: MotionConfig, model: ShapeModel | None = None, size: int = 256):
+        self.state = _Predictor(config, model or default_shape_model(), size)
         self._coder = None
         self._pending: list[tuple[int, int]] = []  # (frame index, words needed)
         self._sent_words = 0
         self._frame = 0
 
     def intra(self, landmarks: np.ndarray, frame: int) -> tuple[bytes, np.ndarray]:
-        """Starts a segment. Returns (intra-coded parameters, decoded float32 68x2 landmarks)."""
+        """Starts a segment. landmarks: float (68, 2) (the key frame defines the camera).
+        Returns (intra-coded parameters, decoded float32 motion points)."""
         import constriction
 
         s = self.state
+        landmarks = np.asarray(landmarks, np.float64)[:NUM_LANDMARKS]
         params = landmarks_to_params(landmarks, s.model, s.config.num_coeffs)
-        indices = np.clip(np.round(params / s.steps), -(2**31), 2**31 - 1).astype(np.int64)
+        steps = s.steps[: s.n - s.num_camera]
+        indices = np.clip(np.round(params / steps), -(2**31), 2**31 - 1).astype(np.int64)
         # The identity-specific shape the PCA basis misses stays constant over a segment:
         # send it once here instead of paying for more coefficients every frame.
         _, shape = similarity_normalise(landmarks, s.model.mean)
@@ -335,15 +428,16 @@ class MotionEncoder:
         self._pending, self._sent_words, self._frame = [], 0, frame
         values = np.concatenate([indices, detail_indices.astype(np.int64)])
         payload = b"".join(binary.svarint(int(v)) for v in values)
-        return payload, s.indices_to_landmarks(indices)
+        return payload, s.indices_to_landmarks(s.previous)
 
     def inter(self, landmarks: np.ndarray) -> tuple[np.ndarray, list[tuple[int, bytes]]]:
-        """Codes one frame after the key frame. Returns (decoded landmarks, ready chunks)."""
+        """Codes one frame after the key frame. landmarks: motion points (68 or 72, 2).
+        Returns (decoded motion points, ready chunks)."""
         s = self.state
         if self._coder is None or s.previous is None:
             raise RuntimeError("MotionEncoder.inter called before intra")
         self._frame += 1
-        params = landmarks_to_params(landmarks, s.model, s.config.num_coeffs)
+        params = s.to_params(landmarks)
         residual = np.round(params / s.steps - s.previous).astype(np.int64)
         residual = np.clip(residual, -MAX_RESIDUAL, MAX_RESIDUAL)
         symbols, raw = _residual_symbols(residual)
@@ -396,8 +490,8 @@ def _final_words(coder, words: np.ndarray) -> int:
 class MotionDecoder:
     """Mirror of MotionEncoder on the receiving side."""
 
-    def __init__(self, config: MotionConfig, model: ShapeModel | None = None):
-        self.state = _Predictor(config, model or default_shape_model())
+    def __init__(self, config: MotionConfig, model: ShapeModel | None = None, size: int = 256):
+        self.state = _Predictor(config, model or default_shape_model(), size)
         self._words = np.zeros(0, dtype=np.uint32)  # received, not yet consumed words
         self._checkpoint: tuple[int, tuple[int, int]] | None = None
         self._shadow = None  # a mirror encoder: its pos() is our decoder checkpoint
@@ -408,22 +502,23 @@ class MotionDecoder:
         return self.state.previous is not None
 
     def intra(self, payload: bytes) -> np.ndarray:
-        """Reads a key frame's parameters; returns decoded float32 (68, 2) landmarks."""
+        """Reads a key frame's parameters; returns its decoded float32 motion points."""
         import constriction
 
         s = self.state
         r = binary.ByteReader(payload, "key-frame landmarks")
-        indices = np.array([r.svarint(2**31) for _ in range(s.n)], dtype=np.int64)
+        count = s.n - s.num_camera
+        indices = np.array([r.svarint(2**31) for _ in range(count)], dtype=np.int64)
         detail = np.array([r.svarint(MAX_RESIDUAL) for _ in range(136)], dtype=np.int64)
         r.expect_end()
         s.start_segment(indices, detail)
         self._words = np.zeros(0, dtype=np.uint32)
         self._shadow = constriction.stream.queue.RangeEncoder()
         self._checkpoint = None
-        return self._landmarks(indices)
+        return self._landmarks(s.previous)
 
     def inter(self, payload: bytes) -> np.ndarray:
-        """Decodes one MOTION chunk; returns decoded float32 (68, 2) landmarks."""
+        """Decodes one MOTION chunk; returns decoded float32 motion points."""
         import constriction
 
         s = self.state
@@ -497,7 +592,7 @@ def fit_shape_model(
     # Priors: the residual histogram each parameter shows on the training tracks.
     config = config or MotionConfig()
     hist = np.ones((NUM_POSE + k, ALPHABET), dtype=np.int64)
-    wide = MotionConfig(num_coeffs=k, step_px=config.step_px)
+    wide = MotionConfig(num_coeffs=k, step_px=config.step_px, camera=False)
     for track in tracks:
         enc = MotionEncoder(wide, model)
         enc.intra(track[0], 0)

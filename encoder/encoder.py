@@ -24,6 +24,7 @@ from codec.bitstream import Header, Packet, PacketKind
 from codec.keyframe import IMAGE_CODEC_NAMES, encode_image
 from codec.motion import MotionConfig, MotionEncoder, default_shape_model
 
+from .camera import CameraTracker
 from .pipeline import FaceFrame, FacePipeline, PipelineConfig
 
 
@@ -52,8 +53,9 @@ class Encoder:
         self.config = config
         self.pipeline = FacePipeline(float(fps), width, height, config.pipeline)
         shape_model = default_shape_model()
-        self.motion = MotionEncoder(config.motion, shape_model)
         size = config.pipeline.crop.size
+        self.motion = MotionEncoder(config.motion, shape_model, size)
+        self.camera = CameraTracker(size) if config.motion.camera else None
         self.header = Header(
             width=size,
             height=size,
@@ -94,13 +96,19 @@ class Encoder:
         )
         if key:
             packets = self._motion_packets(self.motion.seal())
+            crop = face.crop()
+            if self.camera is not None:
+                self.camera.motion_points(crop, face.landmarks, key=True)
             lm_bytes, _ = self.motion.intra(face.landmarks, face.index)
-            image = encode_image(face.crop(), self._codec, self.config.key_quality)
+            image = encode_image(crop, self._codec, self.config.key_quality)
             payload = binary.u8(self._codec) + binary.length_prefixed(lm_bytes) + image
             packets.append(Packet(PacketKind.KEYFRAME, face.index, payload))
             self._started, self._key_requested, self._since_key = True, False, 1
         else:
-            _, ready = self.motion.inter(face.landmarks)
+            points = face.landmarks
+            if self.camera is not None:
+                points = self.camera.motion_points(face.crop(), face.landmarks, key=False)
+            _, ready = self.motion.inter(points)
             packets = self._motion_packets(ready)
             self._since_key += 1
         return packets

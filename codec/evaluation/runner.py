@@ -74,6 +74,7 @@ class EvalConfig:
     max_clips: int | None = None
     face_stride: int = 1  # AKD/AED on every n-th frame (the dlib descriptor is ~60 ms)
     preset: str = "medium"  # anchors' x264/x265 preset
+    camera_motion: bool = True  # gracecodec streams carry the camera's motion
 
 
 QUICK = EvalConfig(
@@ -205,18 +206,22 @@ class _Coded:
     sei_bytes_removed: int = 0
 
 
-def _code_grace(clip: _ClipData, run: Run) -> _Coded:
+def _code_grace(clip: _ClipData, run: Run, camera_motion: bool = True) -> _Coded:
     from encoder.encoder import Encoder, EncoderConfig
 
     from ..bitstream import AgcReader, AgcWriter, PacketKind
     from ..decoder import Decoder
     from ..generators import MODEL_BACKENDS
+    from ..motion import MotionConfig
 
     size = clip.faces[0].crop_size
     # The header names the model this backend decodes by default (the coded data is the same).
     model = next((m for m, b in MODEL_BACKENDS.items() if b == run.backend), "warp")
     config = EncoderConfig(
-        key_quality=run.key_quality, keyframe_interval=run.keyframe_interval, model_id=model
+        key_quality=run.key_quality,
+        keyframe_interval=run.keyframe_interval,
+        motion=MotionConfig(camera=camera_motion),
+        model_id=model,
     )
     enc = Encoder(config, clip.fps, size, size, frame_count=len(clip.faces))  # as encode's files
     enc.pipeline = _Replay()
@@ -380,7 +385,10 @@ def _score(
 ) -> tuple[dict[str, Any], _Coded]:
     from .metrics import clip_scores
 
-    coded = _code_grace(clip, run) if run.codec == GRACE else _code_anchor(clip, run, config.preset)
+    if run.codec == GRACE:
+        coded = _code_grace(clip, run, config.camera_motion)
+    else:
+        coded = _code_anchor(clip, run, config.preset)
     n, fps = len(clip.faces), float(clip.fps)
     row = _row(clip.name, run, fps, n)
     row.update(
@@ -423,6 +431,8 @@ def default_command(
         argv += ["--keyframe-intervals", *map(str, config.keyframe_intervals)]
     if config.backends != base.backends and config.backends:
         argv += ["--backends", *config.backends]
+    if not config.camera_motion:
+        argv.append("--no-camera-motion")
     return shlex.join(argv)
 
 

@@ -25,10 +25,11 @@ class Generator(Protocol):
     name: str
 
     def set_reference(self, image: np.ndarray, landmarks: np.ndarray) -> None:
-        """image: uint8 (H, W, 3) RGB key frame; landmarks: float32 (68, 2) in its pixels."""
+        """image: uint8 (H, W, 3) RGB key frame; landmarks: its motion points in its pixels,
+        float32 (68, 2), or (72, 2) with the camera's (`codec.generators.flow`)."""
 
     def render(self, landmarks: np.ndarray) -> np.ndarray:
-        """landmarks: float32 (68, 2) target pose -> uint8 (H, W, 3) RGB frame."""
+        """landmarks: the target's motion points (as above) -> uint8 (H, W, 3) RGB frame."""
 
 
 # name -> "module:factory"; later backends (torch, int8, csim, pynq, pynq-sim) add lines here.

@@ -1,9 +1,15 @@
 """Landmark-driven dense motion (outside the network: ARM side on the board).
 
 A fixed triangulation over [68 landmarks, a ring around the face that follows the head's
-similarity motion, fixed points on the crop border] gives a piecewise-affine backward
-map: for every output pixel, where to fetch it in the reference frame. The `warp`
-backend applies it directly; the learned generator starts from it and refines it.
+similarity motion, points on the crop border that follow the camera] gives a
+piecewise-affine backward map: for every output pixel, where to fetch it in the
+reference frame. The `warp` backend applies it directly; the learned generator starts
+from it and refines it.
+
+Motion points: float (68, 2) landmarks, or (72, 2) when the stream carries camera motion
+(`codec.motion`): rows 68-71 are where the key frame's four crop corners are in that
+frame. The border then moves by the similarity between the two frames' corners; without
+them it stays fixed (a still camera).
 """
 
 from __future__ import annotations
@@ -14,21 +20,16 @@ import cv2
 import numpy as np
 from scipy.spatial import Delaunay
 
+from ..motion import (  # noqa: F401 (crop_corners, similarity_fit: re-exported)
+    NUM_LANDMARKS,
+    crop_corners,
+    default_shape_model,
+    similarity_fit,
+)
+
 RING_POINTS = 16
 RING_RADIUS = 1.9  # in RMS face radii: beyond the jaw, around hair and neck
 BORDER_STEPS = 4  # points per crop side
-
-
-def similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (2x3 matrix) mapping src (N, 2) onto dst (N, 2)."""
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    ms, md = src.mean(0), dst.mean(0)
-    s, d = src - ms, dst - md
-    a = (s * d).sum() / (s**2).sum()
-    b = (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum() / (s**2).sum()
-    rot = np.array([[a, -b], [b, a]])
-    return np.hstack([rot, (md - rot @ ms)[:, None]])
 
 
 def _ring(landmarks: np.ndarray) -> np.ndarray:
@@ -49,8 +50,6 @@ def _border(width: int, height: int) -> np.ndarray:
 @functools.cache
 def _triangles(width: int, height: int) -> np.ndarray:
     """int (T, 3) fixed triangulation over [landmarks, ring, border], made on a mean face."""
-    from ..motion import default_shape_model
-
     model = default_shape_model()
     scale = model.scale0 * min(width, height) / 256
     face = model.mean.reshape(68, 2) * scale + np.array([width / 2, height / 2])
@@ -73,17 +72,25 @@ def backward_map(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Piecewise-affine backward map of a (width x height) frame.
 
-    ref_landmarks, target_landmarks: float (68, 2) in that frame's pixels.
+    ref_landmarks, target_landmarks: motion points, float (68, 2) or (72, 2) (the module
+    docstring), in that frame's pixels.
     Returns map_x, map_y: float32 (height, width), the reference-frame position of
     every target pixel (for cv2.remap or a grid sample).
     """
-    ref = np.asarray(ref_landmarks, np.float64)
-    target = np.asarray(target_landmarks, np.float64)
+    ref_points = np.asarray(ref_landmarks, np.float64)
+    target_points = np.asarray(target_landmarks, np.float64)
+    ref, target = ref_points[:NUM_LANDMARKS], target_points[:NUM_LANDMARKS]
     ref_ring, border = _ring(ref), _border(width, height)
     pose = similarity_fit(ref, target)
     ring = ref_ring @ pose[:, :2].T + pose[:, 2]
+    moved, outside = border, np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    if len(ref_points) > NUM_LANDMARKS and len(target_points) > NUM_LANDMARKS:
+        camera = similarity_fit(ref_points[NUM_LANDMARKS:], target_points[NUM_LANDMARKS:])
+        moved = border @ camera[:, :2].T + camera[:, 2]
+        # Pixels the moved border no longer covers continue the background's motion.
+        outside = similarity_fit(moved, border).reshape(6)
     src = np.vstack([ref, ref_ring, border])
-    dst = np.vstack([target, ring, border])
+    dst = np.vstack([target, ring, moved])
     tri = _triangles(width, height)
     dst_tri = dst[tri]
     affines = _triangle_affines(dst_tri, src[tri])  # (T, 2, 3)
@@ -92,10 +99,10 @@ def backward_map(
     corners = np.round(dst_tri * 16).astype(np.int32)
     for i in range(n):
         cv2.fillConvexPoly(ids, corners[i], i, cv2.LINE_8, 4)
-    # Per pixel, gather the 6 coefficients of its triangle's affine (an identity appended
-    # for uncovered pixels gives x and y exactly): no (H, W, 2, 3) table, few temporaries
-    # (this runs per frame on the board's ARM).
-    coef = np.concatenate([affines.reshape(n, 6), [[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]]]).T.copy()
+    # Per pixel, gather the 6 coefficients of its triangle's affine (one appended for
+    # uncovered pixels: the identity, or the camera's motion; an identity gives x and y
+    # exactly): no (H, W, 2, 3) table, few temporaries (this runs per frame on the ARM).
+    coef = np.concatenate([affines.reshape(n, 6), outside[None]]).T.copy()
     xs, ys = _grid(width, height)
     maps = []
     for r in (0, 3):  # map_x = a00 x + a01 y + a02, map_y = a10 x + a11 y + a12

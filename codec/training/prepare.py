@@ -3,7 +3,8 @@
 Per clip, in `out_dir/<clip stem>/`:
   crops.npy     uint8 (T, 256, 256, 3)  the crops the encoder codes
   landmarks.npy float32 (T, 68, 2)      smoothed landmarks, crop px (what the encoder sends)
-  decoded.npy   float32 (T, 68, 2)      the landmarks the receiver decodes (quantised)
+  decoded.npy   float32 (T, 72, 2)      the motion points the receiver decodes (quantised
+                                        landmarks, then the key crop's corners: the camera)
   segment.npy   int32 (T,)              segment index: a new one at each crop re-centre
 and `out_dir/index.json` lists the clips. Clips already prepared are skipped, so an
 interrupted run resumes.
@@ -21,6 +22,7 @@ from ..errors import InputError
 
 
 def prepare_clip(clip_path, out: Path) -> int:
+    from encoder.camera import CameraTracker
     from encoder.pipeline import FacePipeline, face_frames
 
     from ..motion import MotionConfig, MotionEncoder
@@ -29,16 +31,20 @@ def prepare_clip(clip_path, out: Path) -> int:
     info = probe_video(clip_path)
     pipeline = FacePipeline(float(info.fps), info.width, info.height)
     coder = MotionEncoder(MotionConfig())
+    camera = CameraTracker()
     crops, lms, dec, seg = [], [], [], []
     segment = -1
     for face in face_frames(read_frames(clip_path), pipeline):
-        if face.index == 0 or face.recentred:
+        crop = face.crop()
+        key = face.index == 0 or face.recentred  # as the Encoder decides
+        points = camera.motion_points(crop, face.landmarks, key)
+        if key:
             segment += 1
             coder.seal()
-            _, decoded = coder.intra(face.landmarks, face.index)
+            _, decoded = coder.intra(points, face.index)
         else:
-            decoded, _ = coder.inter(face.landmarks)
-        crops.append(face.crop())
+            decoded, _ = coder.inter(points)
+        crops.append(crop)
         lms.append(face.landmarks)
         dec.append(decoded)
         seg.append(segment)

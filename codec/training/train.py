@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..generators.flow import landmark_heatmaps, network_inputs
 from ..models import weights_digest
 from ..models.grace_s import GraceS, GraceSConfig, warp
+from ..motion import NUM_LANDMARKS
 from . import landmark_proxy
 
 
@@ -89,7 +90,7 @@ class PairDataset:
             src = coded_key_frame(src, key_quality)
         return make_inputs(src, src_lm, dst_lm, size) | {
             "target": to_chw(dst),
-            "target_lm": np.asarray(dst_lm, np.float32),
+            "target_lm": np.asarray(dst_lm[:NUM_LANDMARKS], np.float32),  # not the camera's
         }
 
 

@@ -6,7 +6,7 @@ import pytest
 from codec.errors import GraceError
 from codec.generators import backend_names, make_generator
 from codec.generators.flow import similarity_fit
-from codec.motion import mean_face
+from codec.motion import crop_corners, mean_face
 
 
 def face_landmarks(shift=(0.0, 0.0)) -> np.ndarray:
@@ -43,6 +43,21 @@ def test_translation_moves_the_face_and_keeps_the_border():
     shifted = img[110:150, 104:144].astype(int)  # content moved right by 6 px
     assert np.abs(centre - shifted).mean() < 3
     np.testing.assert_array_equal(out[0], img[0])  # the crop border stays put
+
+
+def test_camera_points_move_the_background_with_the_face():
+    """With the key crop's corners 6 px to the right (a pan), the whole frame follows,
+    the border and the strip the moved border uncovers included; still corners (or none)
+    keep the border put."""
+    gen = make_generator("warp")
+    img = textured_image()
+    corners = crop_corners(256, 256).astype(np.float32)
+    gen.set_reference(img, np.vstack([face_landmarks(), corners]))
+    out = gen.render(np.vstack([face_landmarks(shift=(6.0, 0.0)), corners + [6.0, 0.0]]))
+    np.testing.assert_array_equal(out[:, 6:], img[:, :-6])  # every pixel: 6 px to the right
+    still = gen.render(np.vstack([face_landmarks(), corners]))
+    np.testing.assert_array_equal(still, gen.render(face_landmarks()))
+    assert np.abs(still.astype(int) - img).max() <= 1
 
 
 def test_similarity_fit_recovers_a_known_transform():

@@ -53,7 +53,7 @@ def test_params_round_trip_is_exact_without_truncation(model):
 
 def test_decoder_reproduces_encoder_exactly(model):
     track = synthetic_track(300, 99)
-    config = motion.MotionConfig(num_coeffs=12, step_px=2.0)
+    config = motion.MotionConfig(num_coeffs=12, step_px=2.0, camera=False)
     key, chunks, enc_decoded = code(track, config, model)
     assert [pts for pts, _ in chunks] == list(range(1, 300))  # one chunk a frame, in order
     dec = motion.MotionDecoder(config, model)
@@ -64,7 +64,7 @@ def test_decoder_reproduces_encoder_exactly(model):
 
 def test_error_stays_within_quantisation_and_rate_is_small(model):
     track = synthetic_track(300, 5)
-    config = motion.MotionConfig(num_coeffs=12, step_px=2.0)
+    config = motion.MotionConfig(num_coeffs=12, step_px=2.0, camera=False)
     _, chunks, decoded = code(track, config, model)
     errors = [motion.rms_error(d, t) for d, t in zip(decoded, track)]
     assert np.mean(errors) < 0.5 and max(errors) < 1.0  # closed loop: no drift
@@ -74,8 +74,8 @@ def test_error_stays_within_quantisation_and_rate_is_small(model):
 
 def test_finer_step_costs_more_bits_and_less_error(model):
     track = synthetic_track(200, 3)
-    coarse = code(track, motion.MotionConfig(12, 3.0), model)
-    fine = code(track, motion.MotionConfig(12, 0.5), model)
+    coarse = code(track, motion.MotionConfig(12, 3.0, camera=False), model)
+    fine = code(track, motion.MotionConfig(12, 0.5, camera=False), model)
     size = lambda c: sum(len(d) for _, d in c[1])  # noqa: E731
     err = lambda c: np.mean([motion.rms_error(d, t) for d, t in zip(c[2], track)])  # noqa: E731
     assert size(fine) > size(coarse)
@@ -85,7 +85,7 @@ def test_finer_step_costs_more_bits_and_less_error(model):
 def test_large_jumps_use_escape_codes(model):
     track = synthetic_track(40, 1)
     track[20:] += 60.0  # a sudden 60 px move: residuals beyond the alphabet
-    config = motion.MotionConfig(12, 0.5)
+    config = motion.MotionConfig(12, 0.5, camera=False)
     key, chunks, enc_decoded = code(track, config, model)
     dec = motion.MotionDecoder(config, model)
     out = [dec.intra(key)] + [dec.inter(d) for _, d in chunks]
@@ -96,6 +96,13 @@ def test_large_jumps_use_escape_codes(model):
 def test_config_round_trip_and_mismatch(model):
     config = motion.MotionConfig(num_coeffs=10, step_px=1.25)
     assert motion.MotionConfig.from_bytes(config.to_bytes(model), model) == config
+    still = motion.MotionConfig(num_coeffs=10, step_px=1.25, camera=False)
+    assert motion.MotionConfig.from_bytes(still.to_bytes(model), model) == still
+    # Version 1 (the first release) had no flags byte and no camera: it still decodes.
+    v1 = b"\x01" + still.to_bytes(model)[1:-1]
+    assert motion.MotionConfig.from_bytes(v1, model) == still
+    with pytest.raises(BitstreamError, match="flags"):
+        motion.MotionConfig.from_bytes(config.to_bytes(model)[:-1] + b"\x03", model)
     other = motion.fit_shape_model([synthetic_track(50, 9)], max_coeffs=12)
     with pytest.raises(BitstreamError, match="shape model"):
         motion.MotionConfig.from_bytes(config.to_bytes(other), model)
@@ -105,7 +112,7 @@ def test_config_round_trip_and_mismatch(model):
 
 def test_damaged_motion_data_raises_only_codec_errors(model):
     track = synthetic_track(120, 4)
-    config = motion.MotionConfig(12, 1.0)
+    config = motion.MotionConfig(12, 1.0, camera=False)
     key, chunks, _ = code(track, config, model)
     rng = np.random.default_rng(0)
     for trial in range(30):
@@ -121,8 +128,47 @@ def test_damaged_motion_data_raises_only_codec_errors(model):
 
 
 def test_motion_before_key_frame_is_an_error(model):
-    dec = motion.MotionDecoder(motion.MotionConfig(12, 1.0), model)
+    dec = motion.MotionDecoder(motion.MotionConfig(12, 1.0, camera=False), model)
     with pytest.raises(BitstreamError, match="key frame"):
         dec.inter(b"\x00\x00\x00\x00")
     with pytest.raises(GraceError):
         dec.intra(b"\x01")  # truncated key-frame parameters
+
+
+def panning(track: np.ndarray, size: int = 256) -> np.ndarray:
+    """The track with the key crop's corners of a camera that pans 0.4 px a frame and
+    zooms in slowly: (T, 72, 2)."""
+    corners = motion.crop_corners(size, size)
+    c = (size - 1) / 2
+    out = []
+    for t, pts in enumerate(track):
+        zoom = 1 + 0.0005 * t
+        out.append(np.vstack([pts, (corners - c) * zoom + c + [0.4 * t, -0.1 * t]]))
+    return np.array(out, np.float32)
+
+
+def test_camera_corners_round_trip():
+    corners = motion.crop_corners(256, 256)
+    cam = np.array([3.5, -2.0, 0.01, -0.004])
+    moved = motion.camera_to_corners(cam, 256)
+    np.testing.assert_allclose(motion.corners_to_camera(moved, 256), cam, atol=1e-5)
+    np.testing.assert_allclose(motion.camera_to_corners(np.zeros(4), 256), corners)
+
+
+def test_camera_motion_is_coded_closed_loop_and_cheap_when_still(model):
+    track = synthetic_track(200, 8)
+    config = motion.MotionConfig(num_coeffs=12, step_px=1.25)
+    key, chunks, sent = code(panning(track), config, model)
+    dec = motion.MotionDecoder(config, model)
+    out = [dec.intra(key)] + [dec.inter(d) for _, d in chunks]
+    for a, b in zip(out, sent):
+        np.testing.assert_array_equal(a, b)
+    assert out[0].shape == (72, 2)
+    np.testing.assert_array_equal(out[0][68:], motion.crop_corners(256, 256))  # key: still
+    corner_err = [motion.rms_error(d[68:], t[68:]) for d, t in zip(out, panning(track))]
+    assert max(corner_err) < 1.0  # half-steps of q/2 px (edges) and more at the corners; no drift
+    # A still camera (landmarks only in, zeros coded) costs well under a bit a frame more.
+    _, still, _ = code(track, config, model)
+    _, none, _ = code(track, motion.MotionConfig(12, 1.25, camera=False), model)
+    extra = sum(8 * len(d) for _, d in still) - sum(8 * len(d) for _, d in none)
+    assert extra / len(track) < 1.0

@@ -1,0 +1,137 @@
+"""Camera motion: where the key frame's crop corners are in each later frame.
+
+The crop stays still between re-centres, but the camera need not: a slow pan or zoom
+moves the whole background under the fixed crop, and a receiver that warps only the face
+leaves the background where the key frame had it (on some val clips that alone costs
+more than 5 dB). The tracker follows background corners from the key crop into each
+frame (pyramidal Lucas-Kanade, checked forwards and backwards) and fits one similarity
+to them with RANSAC; the landmarks' ring around the face is masked out, so the head's
+own motion does not count. The result travels as four motion points
+(`codec.generators.flow`, `codec.motion`).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from codec.generators.flow import RING_RADIUS, crop_corners, similarity_fit
+
+MAX_FEATURES = 150
+MIN_INLIERS = 12  # fewer (a plain backdrop, the head covering it): keep the last estimate
+RANSAC_PX = 1.0
+ROUND_TRIP_PX = 0.5  # a feature tracked forwards then backwards must land this close
+MAX_ZOOM = 0.25  # |scale - 1| beyond this is a failed fit, not a camera
+GAIN = 0.95  # a moved background must cut the background error by 5 % to be sent
+_LK = dict(winSize=(21, 21), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | 3, 30, 0.01))
+
+
+def _grey(crop: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2GRAY)
+
+
+def background_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (size, size): 255 away from the face, hair and neck (outside the ring the
+    warp moves with the head, widened by a tenth)."""
+    pts = np.asarray(landmarks, np.float64)[:68]
+    c = pts.mean(0)
+    r = np.sqrt(((pts - c) ** 2).sum(1).mean()) * RING_RADIUS * 1.1
+    mask = np.full((size, size), 255, np.uint8)
+    cv2.circle(mask, (int(round(c[0])), int(round(c[1]))), int(round(r)), 0, -1)
+    return mask
+
+
+class CameraTracker:
+    """Per segment: `start(key_crop, landmarks)` at the key frame, then `track(crop)` for
+    each following frame returns float32 (4, 2), the key crop's corners in that frame.
+
+    Background corners of the key crop are tracked straight from the key crop into each
+    frame (no drift), starting from where the last frame's fit puts them; a fit that
+    fails or runs wild keeps the last estimate.
+    """
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self.corners = crop_corners(size, size)
+        self._key: np.ndarray | None = None
+        self._points = np.zeros((0, 1, 2), np.float32)
+        self._transform = np.eye(3)[:2]  # tracked fit, key -> current
+        self._sent = np.eye(3)[:2]  # what track() last returned
+        self._moving = False  # whether it was the tracked fit
+
+    def start(self, key_crop: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        self._key = _grey(key_crop)
+        found = cv2.goodFeaturesToTrack(
+            self._key, MAX_FEATURES, 0.01, 8, mask=background_mask(landmarks, self.size)
+        )
+        self._points = np.zeros((0, 1, 2), np.float32) if found is None else found
+        self._transform = self._sent = np.eye(3)[:2]
+        self._moving = False
+        self._key_mask = background_mask(landmarks, self.size)
+        return self.corners.astype(np.float32)
+
+    def track(self, crop: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """crop: uint8 (S, S, 3); landmarks: this frame's (68, 2), to mask the head."""
+        if self._key is None:
+            raise RuntimeError("CameraTracker.track called before start")
+        grey = _grey(crop)
+        if len(self._points) >= MIN_INLIERS:
+            self._refit(grey)
+        # Shoulders and hair outside the mask move too, and on a still camera the fit may
+        # follow them: a moved background is sent only while it matches this frame
+        # clearly better than a still one (and back to still only when that is clearly
+        # better: no flicker between the two).
+        mask = background_mask(landmarks, self.size)
+        still = np.eye(3)[:2]
+        e_still = self._background_error(still, grey, mask)
+        e_moved = self._background_error(self._transform, grey, mask)
+        if self._moving:
+            self._moving = not e_still < GAIN * e_moved
+        else:
+            self._moving = e_moved < GAIN * e_still
+        self._sent = self._transform if self._moving else still
+        t = self._sent
+        return (self.corners @ t[:, :2].T + t[:, 2]).astype(np.float32)
+
+    def motion_points(self, crop: np.ndarray, landmarks: np.ndarray, key: bool) -> np.ndarray:
+        """What the motion coder gets for a frame: the landmarks at a key frame (which
+        starts the tracker), landmarks and tracked corners (72, 2) after it."""
+        if key:
+            self.start(crop, landmarks)
+            return np.asarray(landmarks)
+        return np.vstack([landmarks, self.track(crop, landmarks)])
+
+    def _background_error(self, transform: np.ndarray, grey: np.ndarray, mask: np.ndarray) -> float:
+        """Mean |key moved by transform - this frame| where both are background."""
+        size = (self.size, self.size)
+        moved = cv2.warpAffine(self._key, transform, size, borderMode=cv2.BORDER_REPLICATE)
+        valid = cv2.warpAffine(self._key_mask, transform, size, flags=cv2.INTER_NEAREST)
+        both = (valid > 0) & (mask > 0)
+        if not both.any():
+            return 0.0
+        return float(np.abs(moved.astype(np.int16) - grey)[both].mean())
+
+    def _refit(self, grey: np.ndarray) -> None:
+        src, t = self._points, self._transform
+        guess = (src.reshape(-1, 2) @ t[:, :2].T + t[:, 2]).astype(np.float32).reshape(-1, 1, 2)
+        flags = cv2.OPTFLOW_USE_INITIAL_FLOW
+        dst, ok, _ = cv2.calcOpticalFlowPyrLK(self._key, grey, src, guess, flags=flags, **_LK)
+        back, ok2, _ = cv2.calcOpticalFlowPyrLK(
+            grey, self._key, dst, src.copy(), flags=flags, **_LK
+        )
+        good = (ok[:, 0] == 1) & (ok2[:, 0] == 1)
+        good &= np.linalg.norm((back - src).reshape(-1, 2), axis=1) < ROUND_TRIP_PX
+        if good.sum() < MIN_INLIERS:
+            return
+        src, dst = src[good].reshape(-1, 2), dst[good].reshape(-1, 2)
+        fit, inliers = cv2.estimateAffinePartial2D(
+            src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX
+        )
+        if fit is None or int(inliers.sum()) < MIN_INLIERS:
+            return
+        keep = inliers[:, 0] == 1
+        # Refit on the inliers by least squares (RANSAC's fit comes from a minimal sample).
+        fit = similarity_fit(src[keep], dst[keep])
+        zoom = np.hypot(fit[0, 0], fit[1, 0])
+        if abs(zoom - 1) <= MAX_ZOOM and np.abs(fit[:, 2]).max() <= self.size / 4:
+            self._transform = fit
