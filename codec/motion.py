@@ -55,6 +55,7 @@ COUNT_INCREMENT = 24  # adaptation speed of the frequency counts
 COUNT_LIMIT = 1 << 13  # halve the counts above this total: forget old statistics
 NUM_POSE = 4  # cx, cy, log_s, theta
 NUM_CAMERA = 4  # tx, ty, a, b
+MAX_CAMERA_ZOOM = 0.5  # |a|, |b| beyond this is a damaged stream, not a camera
 NUM_LANDMARKS = 68
 LOOKAHEAD_WORDS = 2  # words a range decoder reads beyond its current position
 
@@ -186,7 +187,7 @@ def camera_to_corners(camera: np.ndarray, size: int) -> np.ndarray:
     """float64 [tx, ty, a, b] -> float32 (4, 2): where the key frame's corners went."""
     tx, ty, a, b = camera
     c = np.full(2, (size - 1) / 2)
-    with np.errstate(over="ignore", invalid="ignore"):  # damaged streams: see below
+    with np.errstate(over="ignore", invalid="ignore"):  # damaged streams: the decoder checks
         m = np.array([[1 + a, -b], [b, 1 + a]])
         return ((crop_corners(size, size) - c) @ m.T + c + [tx, ty]).astype(np.float32)
 
@@ -294,7 +295,7 @@ class _AdaptiveModels:
     """One frequency table per parameter, updated after every frame identically on both sides.
 
     Rows: the shape model's priors for the pose and shape parameters (when it has them),
-    `_CAMERA_PRIOR` for the camera's.
+    then a still-camera prior for each camera parameter.
     """
 
     def __init__(self, n: int, prior: np.ndarray | None, camera: int = 0):
@@ -557,9 +558,14 @@ class MotionDecoder:
         return self._landmarks(s.previous)
 
     def _landmarks(self, indices: np.ndarray) -> np.ndarray:
-        pts = self.state.indices_to_landmarks(indices)
+        s = self.state
+        pts = s.indices_to_landmarks(indices)
         if not np.isfinite(pts).all():
             raise BitstreamError("motion stream decodes to non-finite landmarks")
+        if s.num_camera:  # a sender's camera stays well inside these (encoder.camera)
+            tx, ty, a, b = indices[s.n - s.num_camera :] * s.steps[s.n - s.num_camera :]
+            if max(abs(tx), abs(ty)) > s.size or max(abs(a), abs(b)) > MAX_CAMERA_ZOOM:
+                raise BitstreamError("motion stream decodes to an implausible camera motion")
         return pts
 
 

@@ -2,12 +2,13 @@
 
 The crop stays still between re-centres, but the camera need not: a slow pan or zoom
 moves the whole background under the fixed crop, and a receiver that warps only the face
-leaves the background where the key frame had it (on some val clips that alone costs
-more than 5 dB). The tracker follows background corners from the key crop into each
-frame (pyramidal Lucas-Kanade, checked forwards and backwards) and fits one similarity
-to them with RANSAC; the landmarks' ring around the face is masked out, so the head's
-own motion does not count. The result travels as four motion points
-(`codec.generators.flow`, `codec.motion`).
+leaves the background where the key frame had it (the val clip s18 pans about 18 px in
+150 frames). The tracker follows background corners from the key crop into each frame
+(pyramidal Lucas-Kanade, checked forwards and backwards) and fits one similarity to them
+with RANSAC; the landmarks' ring around the face is masked out, so the head's own motion
+does not count, and the fit is sent only where it matches the frame's background better
+than a still one. The result travels as four motion points (`codec.generators.flow`,
+`codec.motion`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from codec.generators.flow import RING_RADIUS, crop_corners, similarity_fit
+from codec.generators.flow import RING_RADIUS
+from codec.motion import NUM_LANDMARKS, crop_corners, similarity_fit
 
 MAX_FEATURES = 150
 MIN_INLIERS = 12  # fewer (a plain backdrop, the head covering it): keep the last estimate
@@ -33,7 +35,7 @@ def _grey(crop: np.ndarray) -> np.ndarray:
 def background_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
     """uint8 (size, size): 255 away from the face, hair and neck (outside the ring the
     warp moves with the head, widened by a tenth)."""
-    pts = np.asarray(landmarks, np.float64)[:68]
+    pts = np.asarray(landmarks, np.float64)[:NUM_LANDMARKS]
     c = pts.mean(0)
     r = np.sqrt(((pts - c) ** 2).sum(1).mean()) * RING_RADIUS * 1.1
     mask = np.full((size, size), 255, np.uint8)

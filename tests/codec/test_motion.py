@@ -172,3 +172,15 @@ def test_camera_motion_is_coded_closed_loop_and_cheap_when_still(model):
     _, none, _ = code(track, motion.MotionConfig(12, 1.25, camera=False), model)
     extra = sum(8 * len(d) for _, d in still) - sum(8 * len(d) for _, d in none)
     assert extra / len(track) < 1.0
+
+
+def test_an_implausible_camera_is_a_stream_error(model):
+    config = motion.MotionConfig(num_coeffs=12, step_px=1.25)
+    track = panning(synthetic_track(3, 2))
+    track[2, 68:] = (track[2, 68:] - 128) * 3 + 128  # a 3x zoom in one frame
+    key, chunks, _ = code(track, config, model)
+    dec = motion.MotionDecoder(config, model)
+    dec.intra(key)
+    with pytest.raises(BitstreamError, match="implausible camera"):
+        for _, data in chunks:
+            dec.inter(data)
