@@ -114,6 +114,15 @@ def test_mp4_output_and_options(example_clip, tmp_path):
     mp4 = tmp_path / "a.mp4"
     assert main(["decode", str(agc), str(mp4), "--quiet"]) == 0
     assert probe_video(mp4).frame_count == 15
+    # Without camera motion the header says so (motion coder flags 0) and it decodes too.
+    still = tmp_path / "still.agc"
+    assert main(["encode", str(example_clip), str(still), "-q", "--max-frames", "5",
+                 "--no-camera-motion"]) == 0  # fmt: skip
+    with open(still, "rb") as f:
+        assert AgcReader(f).header.motion_params[-1] == 0
+    with open(agc, "rb") as f:
+        assert AgcReader(f).header.motion_params[-1] == 1  # the default: camera motion on
+    assert main(["decode", str(still), str(tmp_path / "still.mkv"), "--quiet"]) == 0
 
 
 @pytest.mark.parametrize("codec", ["hevc", "av1"])

@@ -1,0 +1,124 @@
+"""A/B of two `gracecodec eval` runs: how one curve moved between them, clip by clip.
+
+    python -m codec.evaluation.compare BEFORE/results.csv AFTER/results.csv \
+        --curve "gracecodec/torch ki=0"
+
+Prints, per metric, the BD-rate of the curve in AFTER against the same curve in BEFORE
+(the same clips, `runner.bd_rate` per clip, then the mean over the clips where both
+curves share a quality interval), and the mean change of rate and quality at each
+operating point. Unlike the BD-rates against x265 in each run's summary, whose clip
+counts can differ between runs, this compares like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .runner import HIGHER_IS_BETTER, bd_rate
+
+METRICS = ("psnr", "ssim", "ms_ssim", "akd", "aed")
+
+
+def read_rows(path: str | Path, curve: str) -> dict[str, list[dict]]:
+    """The ok rows of `curve` in a results.csv, by clip."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (a results.csv of gracecodec eval)")
+    by_clip: dict[str, list[dict]] = defaultdict(list)
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            if r.get("curve") == curve and r.get("status") == "ok":
+                by_clip[r["clip"]].append(r)
+    if not by_clip:
+        raise InputError(f"{path}: no rows of curve {curve!r}")
+    return by_clip
+
+
+def _value(row: dict, key: str) -> float:
+    try:
+        return float(row[key])
+    except (KeyError, ValueError):
+        return float("nan")
+
+
+def compare(before: dict[str, list[dict]], after: dict[str, list[dict]]) -> dict:
+    """BD-rate per metric (mean, clip count) and mean deltas per operating point."""
+    clips = sorted(set(before) & set(after))
+    bd = {}
+    for m in METRICS:
+        values = []
+        for clip in clips:
+            a, t = before[clip], after[clip]
+            v = bd_rate(
+                [_value(r, "kbps") for r in a],
+                [_value(r, m) for r in a],
+                [_value(r, "kbps") for r in t],
+                [_value(r, m) for r in t],
+                HIGHER_IS_BETTER[m],
+            )
+            if v is not None:
+                values.append(v)
+        bd[m] = (float(np.mean(values)) if values else None, len(values))
+    points: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for clip in clips:
+        old = {r["operating_point"]: r for r in before[clip]}
+        for r in after[clip]:
+            if r["operating_point"] in old:
+                for key in ("kbps", *METRICS):
+                    d = _value(r, key) - _value(old[r["operating_point"]], key)
+                    points[r["operating_point"]][key].append(d)
+    deltas = {op: {k: float(np.nanmean(v)) for k, v in d.items()} for op, d in points.items()}
+    return {"clips": len(clips), "bd_rate": bd, "deltas": deltas}
+
+
+def markdown(result: dict, curve: str) -> str:
+    lines = [
+        f"`{curve}`, {result['clips']} clips in both runs.",
+        "",
+        "BD-rate of the second run against the first (%, negative: fewer bits for the same "
+        "quality; clips where the curves overlap in brackets):",
+        "",
+        "| " + " | ".join(METRICS) + " |",
+        "|" + "---:|" * len(METRICS),
+        "| "
+        + " | ".join(
+            "n/a" if v is None else f"{v:+.1f} ({n})" for v, n in result["bd_rate"].values()
+        )
+        + " |",
+        "",
+        "Mean change at each operating point (second run minus first):",
+        "",
+        "| operating point | kbit/s | " + " | ".join(METRICS) + " |",
+        "|---|---:|" + "---:|" * len(METRICS),
+    ]
+    digits = {"psnr": 2, "ssim": 4, "ms_ssim": 4, "akd": 2, "aed": 3}
+    for op, d in sorted(result["deltas"].items()):
+        cells = [f"{d['kbps']:+.2f}"] + [f"{d[m]:+.{digits[m]}f}" for m in METRICS]
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("before", help="results.csv of the first run")
+    p.add_argument("after", help="results.csv of the second run")
+    p.add_argument("--curve", default="gracecodec/torch ki=0", help="the curve to compare")
+    args = p.parse_args(argv)
+    try:
+        result = compare(read_rows(args.before, args.curve), read_rows(args.after, args.curve))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(markdown(result, args.curve))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
