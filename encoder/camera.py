@@ -44,8 +44,9 @@ def background_mask(landmarks: np.ndarray, size: int) -> np.ndarray:
 
 
 class CameraTracker:
-    """Per segment: `start(key_crop, landmarks)` at the key frame, then `track(crop)` for
-    each following frame returns float32 (4, 2), the key crop's corners in that frame.
+    """Per segment: `start(key_crop, landmarks)` at the key frame, then
+    `track(crop, landmarks)` for each following frame returns float32 (4, 2), the key
+    crop's corners in that frame (`motion_points` does either, as the encoder needs).
 
     Background corners of the key crop are tracked straight from the key crop into each
     frame (no drift), starting from where the last frame's fit puts them; a fit that
@@ -63,13 +64,11 @@ class CameraTracker:
 
     def start(self, key_crop: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         self._key = _grey(key_crop)
-        found = cv2.goodFeaturesToTrack(
-            self._key, MAX_FEATURES, 0.01, 8, mask=background_mask(landmarks, self.size)
-        )
+        self._key_mask = background_mask(landmarks, self.size)
+        found = cv2.goodFeaturesToTrack(self._key, MAX_FEATURES, 0.01, 8, mask=self._key_mask)
         self._points = np.zeros((0, 1, 2), np.float32) if found is None else found
         self._transform = self._sent = np.eye(3)[:2]
         self._moving = False
-        self._key_mask = background_mask(landmarks, self.size)
         return self.corners.astype(np.float32)
 
     def track(self, crop: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
