@@ -98,7 +98,7 @@ def test_config_round_trip_and_mismatch(model):
     assert motion.MotionConfig.from_bytes(config.to_bytes(model), model) == config
     still = motion.MotionConfig(num_coeffs=10, step_px=1.25, camera=False)
     assert motion.MotionConfig.from_bytes(still.to_bytes(model), model) == still
-    # Version 1 (the first release) had no flags byte and no camera: it still decodes.
+    # Version 1 (the releases before camera motion) had no flags byte: it still decodes.
     v1 = b"\x01" + still.to_bytes(model)[1:-1]
     assert motion.MotionConfig.from_bytes(v1, model) == still
     with pytest.raises(BitstreamError, match="flags"):
