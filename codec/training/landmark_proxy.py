@@ -20,7 +20,6 @@ About 0.25 GMAC per image, 0.22 M parameters.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .prepare import read_cache
 
 INPUT = 128  # network input side; crops are 256x256
 # Kept with the training state in the repository: used by training only, never shipped.
@@ -108,9 +108,8 @@ class _Frames:
     """All crops and landmarks of one prepared split, memory-mapped."""
 
     def __init__(self, root: Path) -> None:
-        clips = json.loads((root / "index.json").read_text())
-        self.crops = [np.load(root / c["clip"] / "crops.npy", mmap_mode="r") for c in clips]
-        self.lms = [np.load(root / c["clip"] / "landmarks.npy") for c in clips]
+        _, cache = read_cache(root, "crops", "landmarks")
+        self.crops, self.lms = cache["crops"], cache["landmarks"]
         self.index = [(c, t) for c, lm in enumerate(self.lms) for t in range(len(lm))]
 
     def sample(self, k: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:

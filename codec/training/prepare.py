@@ -21,6 +21,21 @@ from ..benchmarks import read_manifest
 from ..errors import InputError
 
 
+def read_cache(root, *names: str) -> tuple[list[dict], dict[str, list[np.ndarray]]]:
+    """A prepared split: its index (one dict a clip) and, per name, one array a clip of
+    `<name>.npy` (the crops memory-mapped: they are most of the cache)."""
+    root = Path(root)
+    clips = json.loads((root / "index.json").read_text())
+    arrays = {
+        name: [
+            np.load(root / c["clip"] / f"{name}.npy", mmap_mode="r" if name == "crops" else None)
+            for c in clips
+        ]
+        for name in names
+    }
+    return clips, arrays
+
+
 def prepare_clip(clip_path, out: Path) -> int:
     from encoder.camera import CameraTracker
     from encoder.pipeline import FacePipeline, face_frames

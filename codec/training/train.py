@@ -34,6 +34,7 @@ from ..models import weights_digest
 from ..models.grace_s import GraceS, GraceSConfig, warp
 from ..motion import NUM_LANDMARKS
 from . import landmark_proxy
+from .prepare import read_cache
 
 
 class PairDataset:
@@ -41,12 +42,10 @@ class PairDataset:
 
     def __init__(self, root: Path, seed: int = 0):
         self.root = Path(root)
-        self.clips = json.loads((self.root / "index.json").read_text())
-        self.crops = [
-            np.load(self.root / c["clip"] / "crops.npy", mmap_mode="r") for c in self.clips
-        ]
-        self.landmarks = [np.load(self.root / c["clip"] / "decoded.npy") for c in self.clips]
-        self.segments = [np.load(self.root / c["clip"] / "segment.npy") for c in self.clips]
+        self.clips, cache = read_cache(self.root, "crops", "decoded", "segment")
+        self.crops = cache["crops"]
+        self.landmarks = cache["decoded"]  # the motion points the receiver decodes
+        self.segments = cache["segment"]
         frames = np.array([len(s) for s in self.segments], np.float64)
         self.weights = frames / frames.sum()
         self.rng = np.random.default_rng(seed)
