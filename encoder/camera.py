@@ -2,8 +2,8 @@
 
 The crop stays still between re-centres, but the camera need not: a slow pan or zoom
 moves the whole background under the fixed crop, and a receiver that warps only the face
-leaves the background where the key frame had it (the val clip s18 pans about 18 px in
-150 frames). The tracker follows background corners of the key crop from frame to frame
+leaves the background where the key frame had it (the val clip s18 pans slowly all
+through its 150 frames). The tracker follows background corners of the key crop from frame to frame
 (pyramidal Lucas-Kanade, checked forwards and backwards) and fits one similarity from
 their key-frame positions with RANSAC; the landmarks' ring around the face is masked
 out, so the head's own motion does not count, and the fit is sent only where it matches
@@ -49,8 +49,8 @@ class CameraTracker:
     crop's corners in that frame (`motion_points` does either, as the encoder needs).
 
     Background corners of the key crop are tracked from frame to frame (small steps, so
-    a fast or blurred camera move stays tracked; on the val clips this beat tracking
-    straight from the key crop: +0.09 dB PSNR on average, +1.1 dB on feifeili_clip2), and
+    a fast or blurred camera move stays tracked; in `gracecodec eval` this beat tracking
+    straight from the key crop, docs/results.md, "Camera motion"), and
     each frame's similarity is fitted from the corners' key-frame positions to their
     positions now. Corners that fail the forward-backward check are dropped for the rest
     of the segment; a fit that fails or runs wild keeps the last estimate.
@@ -62,8 +62,7 @@ class CameraTracker:
         self._key: np.ndarray | None = None
         self._points = np.zeros((0, 1, 2), np.float32)
         self._transform = np.eye(3)[:2]  # tracked fit, key -> current
-        self._sent = np.eye(3)[:2]  # what track() last returned
-        self._moving = False  # whether it was the tracked fit
+        self._moving = False  # whether track() sends the fit (else a still camera)
 
     def start(self, key_crop: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         self._key = _grey(key_crop)
@@ -72,7 +71,7 @@ class CameraTracker:
         self._points = np.zeros((0, 1, 2), np.float32) if found is None else found
         self._tracked = self._points.copy()  # where they were in the last frame
         self._prev = self._key
-        self._transform = self._sent = np.eye(3)[:2]
+        self._transform = np.eye(3)[:2]
         self._moving = False
         return self.corners.astype(np.float32)
 
@@ -95,8 +94,7 @@ class CameraTracker:
             self._moving = not e_still < GAIN * e_moved
         else:
             self._moving = e_moved < GAIN * e_still
-        self._sent = self._transform if self._moving else still
-        t = self._sent
+        t = self._transform if self._moving else still
         return (self.corners @ t[:, :2].T + t[:, 2]).astype(np.float32)
 
     def motion_points(self, crop: np.ndarray, landmarks: np.ndarray, key: bool) -> np.ndarray:

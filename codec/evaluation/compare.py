@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .runner import HIGHER_IS_BETTER, bd_rate
-
-METRICS = ("psnr", "ssim", "ms_ssim", "akd", "aed")
+from .metrics import CORE_METRICS as METRICS
+from .metrics import DIGITS, HIGHER_IS_BETTER, LABELS
+from .runner import bd_rate
 
 
 def read_rows(path: str | Path, curve: str) -> dict[str, list[dict]]:
@@ -85,7 +85,7 @@ def markdown(result: dict, curve: str) -> str:
         "BD-rate of the second run against the first (%, negative: fewer bits for the same "
         "quality; clips where the curves overlap in brackets):",
         "",
-        "| " + " | ".join(METRICS) + " |",
+        "| " + " | ".join(LABELS[m] for m in METRICS) + " |",
         "|" + "---:|" * len(METRICS),
         "| "
         + " | ".join(
@@ -95,12 +95,11 @@ def markdown(result: dict, curve: str) -> str:
         "",
         "Mean change at each operating point (second run minus first):",
         "",
-        "| operating point | kbit/s | " + " | ".join(METRICS) + " |",
+        "| operating point | kbit/s | " + " | ".join(LABELS[m] for m in METRICS) + " |",
         "|---|---:|" + "---:|" * len(METRICS),
     ]
-    digits = {"psnr": 2, "ssim": 4, "ms_ssim": 4, "akd": 2, "aed": 3}
     for op, d in sorted(result["deltas"].items()):
-        cells = [f"{d['kbps']:+.2f}"] + [f"{d[m]:+.{digits[m]}f}" for m in METRICS]
+        cells = [f"{d['kbps']:+.2f}"] + [f"{d[m]:+.{DIGITS[m]}f}" for m in METRICS]
         lines.append(f"| {op} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -65,6 +65,9 @@ LABELS = {
     "akd_fa": "AKD-FA (px)",
 }
 CORE_METRICS = ("psnr", "ssim", "ms_ssim", "akd", "aed")
+# name -> decimals in the Markdown tables
+DIGITS = {"psnr": 2, "ssim": 4, "ms_ssim": 4, "akd": 2, "aed": 3, "lpips": 4, "dists": 4}
+DIGITS["akd_fa"] = 2
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> None:

@@ -50,7 +50,7 @@ import numpy as np
 from ..benchmarks import Clip
 from ..errors import GraceError, InputError
 from .anchors import ANCHOR_CODECS, DEFAULT_QPS, QUICK_QPS
-from .metrics import CORE_METRICS, HIGHER_IS_BETTER, LABELS
+from .metrics import CORE_METRICS, DIGITS, HIGHER_IS_BETTER, LABELS
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".m4v"}
 GRACE = "gracecodec"
@@ -727,13 +727,11 @@ def _markdown(result: dict, plots: list[str], strip: bool) -> str:
         + " | enc fps | dec fps |",
         "|---|---|" + "---:|" * (len(metrics) + 4),
     ]
-    digits = {"psnr": 2, "ssim": 4, "ms_ssim": 4, "akd": 2, "aed": 3, "lpips": 4, "dists": 4}
-    digits["akd_fa"] = 2
     for s in sorted(result["summary"], key=lambda s: (s["curve"], s["kbps"])):
         lines.append(
             f"| {s['codec']} | {s['operating_point']} | {_fmt(s['kbps'], 2)} | "
             f"{_fmt(s['payload_kbps'], 2)} | "
-            + " | ".join(_fmt(s[k], digits[k]) for k in metrics)
+            + " | ".join(_fmt(s[k], DIGITS[k]) for k in metrics)
             + f" | {_fmt(s['enc_fps'], 1)} | {_fmt(s['dec_fps'], 1)} |"
         )
     lines += [

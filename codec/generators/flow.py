@@ -20,12 +20,7 @@ import cv2
 import numpy as np
 from scipy.spatial import Delaunay
 
-from ..motion import (  # noqa: F401 (crop_corners, similarity_fit: re-exported)
-    NUM_LANDMARKS,
-    crop_corners,
-    default_shape_model,
-    similarity_fit,
-)
+from ..motion import NUM_LANDMARKS, default_shape_model, similarity_fit
 
 RING_POINTS = 16
 RING_RADIUS = 1.9  # in RMS face radii: beyond the jaw, around hair and neck
