@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"  # the CPU build first (never an unpinned torch)
 	$(BIN)/pip install -q -e ".[dev,learned]"
+	$(BIN)/pip install -q --no-deps "facenet-pytorch==2.6.0"  # MTCNN weights (AKD-MT); its old torch pin is not ours
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install gracecodec with its test tools

@@ -115,8 +115,8 @@ def test_clip_scores_checks_alignment(astronaut):
 
 def test_optional_metrics_never_download():
     found, notes = metrics.optional_metrics()
-    # Each of LPIPS / DISTS / AKD-FA is either usable from local weights or skipped with a note.
-    assert len(found) + len(notes) == 3
+    # Each of AKD-MT / AKD-FA / LPIPS / DISTS is usable from local weights or skipped with a note.
+    assert len(found) + len(notes) == 4
     assert all("skipped" in n for n in notes)
     if "akd_fa" not in found:  # the note says which files to put where
         assert any(n.startswith("AKD-FA") and "checkpoints" in n for n in notes)
