@@ -301,7 +301,8 @@ def bench_codec(
     quiet: bool = False,
 ) -> str:
     """Encodes and decodes each clip with the default settings; returns a Markdown table
-    of rate (key frames, motion, total) and speed (encode and decode frames/s)."""
+    of rate (key frames, motion, low-pass residual, total) and speed (encode and decode
+    frames/s)."""
     import os
     import platform
     import tempfile
@@ -313,9 +314,9 @@ def bench_codec(
 
     clips = read_manifest(data_dir, split)[:max_clips]
     lines = [
-        "| clip | frames | fps | key frames | key-frame kbit | motion kbit/s | total kbit/s "
-        "| encode frames/s | decode frames/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| clip | frames | fps | key frames | key-frame kbit | motion kbit/s | low-pass kbit/s "
+        "| total kbit/s | encode frames/s | decode frames/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     totals = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -336,6 +337,7 @@ def bench_codec(
                 n_key,
                 key,
                 info.kbps(info.payload_bytes[PacketKind.MOTION]),
+                info.kbps(info.payload_bytes[PacketKind.LOWPASS]),
                 info.kbps(info.file_bytes),
                 enc.frames / enc.seconds,
                 dec.frames / dec.seconds,
@@ -343,14 +345,15 @@ def bench_codec(
             totals.append(row)
             lines.append(
                 f"| {clip.path.stem[-40:]} | {row[0]} | {row[1]:.2f} | {n_key} | {key / n_key:.1f} each "
-                f"| {row[4]:.3f} | {row[5]:.2f} | {row[6]:.1f} | {row[7]:.1f} |"
+                f"| {row[4]:.3f} | {row[5]:.3f} | {row[6]:.2f} | {row[7]:.1f} | {row[8]:.1f} |"
             )
     if not totals:
         raise InputError("no clip could be coded")
     t = np.array(totals, dtype=np.float64)
     lines.append(
         f"| **mean** | {int(t[:, 0].sum())} | | {t[:, 2].mean():.2f} | {t[:, 3].sum() / t[:, 2].sum():.1f} each "
-        f"| {t[:, 4].mean():.3f} | {t[:, 5].mean():.2f} | {t[:, 6].mean():.1f} | {t[:, 7].mean():.1f} |"
+        f"| {t[:, 4].mean():.3f} | {t[:, 5].mean():.3f} | {t[:, 6].mean():.2f} | {t[:, 7].mean():.1f} "
+        f"| {t[:, 8].mean():.1f} |"
     )
     head = (
         f"{len(totals)} {split} clips of {data_dir}; default settings (HEVC key frames at "

@@ -23,7 +23,7 @@ from .errors import BitstreamError, TruncatedError, UnsupportedVersionError
 
 MAGIC = b"AGC\x1a"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # 1.1: LOWPASS packets
 
 # Limits checked before anything is allocated (a hostile length cannot exhaust memory).
 MAX_HEADER_BYTES = 64 * 1024
@@ -40,6 +40,7 @@ class PacketKind(enum.IntEnum):
     KEYFRAME = 1  # a key frame: image codec id, image bytes, the frame's landmarks
     MOTION = 2  # one frame's share of the continuous entropy-coded motion stream
     END = 3  # end of stream: payload = varint number of packets before it
+    LOWPASS = 4  # a low-pass residual update (codec.lowpass), just before its frame's MOTION
 
 
 class LandmarkScheme(enum.IntEnum):

@@ -37,6 +37,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         detector=args.landmarks,
         motion_step=args.motion_step,
         camera_motion=not args.no_camera_motion,
+        lowpass_interval=args.lowpass_interval,
         model=args.model,
         progress=lambda it, total: _progress(it, args.quiet, total, "encode"),
     )
@@ -169,6 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ),
         backends=tuple(args.backends) if args.backends else config.backends,
         camera_motion=not args.no_camera_motion,
+        lowpass_interval=args.lowpass_interval,
     )
     result = run_eval(
         find_clips(args.clips, split),
@@ -312,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
         "stays where the key frame has it)",
     )
     e.add_argument(
+        "--lowpass-interval",
+        type=_int_range(0, 10000),
+        default=15,
+        metavar="N",
+        help="frames between low-pass residual updates, which put back the coarse shading "
+        "the generator misses (default 15; 0: none, a smaller stream)",
+    )
+    e.add_argument(
         "--model",
         choices=["warp", "grace-s"],
         default=None,
@@ -440,6 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-camera-motion",
         action="store_true",
         help="gracecodec streams without the camera's motion (as encode --no-camera-motion)",
+    )
+    v.add_argument(
+        "--lowpass-interval",
+        type=_int_range(0, 10000),
+        default=15,
+        metavar="N",
+        help="gracecodec streams' low-pass residual interval (as encode; 0: none)",
     )
 
     bc = add("bench", cmd_bench, "encode and decode clips of ../shared/data: rate and speed table")

@@ -71,6 +71,7 @@ def encode_file(
     detector: str = "dlib",
     motion_step: float | None = None,
     camera_motion: bool = True,
+    lowpass_interval: int = 15,
     model: str | None = None,
     progress: Progress = _no_progress,
 ) -> EncodeStats:
@@ -95,6 +96,7 @@ def encode_file(
         pipeline=PipelineConfig(detector=detector),
         model_id=model_id,
         model_digest=model_digest,
+        lowpass_interval=lowpass_interval,
     )
     enc = Encoder(config, info.fps, info.width, info.height)
     stats = EncodeStats(fps=info.fps)
@@ -210,8 +212,10 @@ class StreamInfo:
         h = self.header
         key = self.payload_bytes[PacketKind.KEYFRAME]
         motion = self.payload_bytes[PacketKind.MOTION]
-        framing = self.file_bytes - key - motion
+        lowpass = self.payload_bytes[PacketKind.LOWPASS]
+        framing = self.file_bytes - key - motion - lowpass
         n_key, n_motion = self.packets[PacketKind.KEYFRAME], self.packets[PacketKind.MOTION]
+        n_lowpass = self.packets[PacketKind.LOWPASS]
         codecs = ", ".join(f"{k} x{v}" for k, v in sorted(self.key_codecs.items())) or "-"
         lines = [
             f"format       .agc {h.model_id!r} model"
@@ -219,12 +223,14 @@ class StreamInfo:
             f"video        {h.width}x{h.height} at {float(h.fps):.3f} fps ({h.fps}), "
             f"{self.frames} frames, {self.duration:.2f} s",
             f"landmarks    {h.landmark_scheme.name}, motion parameters {h.motion_params.hex()}",
-            f"packets      {n_key} KEYFRAME ({codecs}), {n_motion} MOTION, "
-            f"{sum(self.packets.values()) - n_key - n_motion} other",
+            f"packets      {n_key} KEYFRAME ({codecs}), {n_motion} MOTION, {n_lowpass} LOWPASS, "
+            f"{sum(self.packets.values()) - n_key - n_motion - n_lowpass} other",
             "rate         bytes      kbit/s",
             f"  key frames {key:<10d} {self.kbps(key):.3f}",
             f"  motion     {motion:<10d} {self.kbps(motion):.3f}"
             + (f"   ({motion * 8 / max(n_motion, 1):.1f} bits a frame)" if n_motion else ""),
+            f"  low-pass   {lowpass:<10d} {self.kbps(lowpass):.3f}"
+            + (f"   ({lowpass / n_lowpass:.1f} bytes an update)" if n_lowpass else ""),
             f"  framing    {framing:<10d} {self.kbps(framing):.3f}   (header, packet headers, CRCs)",
             f"  total      {self.file_bytes:<10d} {self.kbps(self.file_bytes):.3f}",
         ]

@@ -19,6 +19,7 @@ from .bitstream import MAX_PAYLOAD_BYTES, Header, Packet, PacketKind
 from .errors import BitstreamError, GraceError
 from .generators import MODEL_BACKENDS, make_generator
 from .keyframe import ImageCodec, decode_image
+from .lowpass import LowpassResidual
 from .motion import MotionConfig, MotionDecoder, default_shape_model
 
 RUN_FRAMES = 256  # frames handed to a generator's render_many at once (bounded memory)
@@ -49,6 +50,7 @@ class Decoder:
         )
         self.backend = backend or default_backend(header)
         self.generator = make_generator(self.backend, header.model_id, header.model_digest)
+        self.lowpass = LowpassResidual(header.width)
         self.next_pts = 0
         self.needs_keyframe = True
 
@@ -63,7 +65,9 @@ class Decoder:
             return [self._keyframe(packet)]
         if packet.kind == PacketKind.MOTION:
             landmarks = self._motion(packet)
-            return [self.generator.render(landmarks)] if render else []
+            return [self.lowpass.apply(self.generator.render(landmarks))] if render else []
+        if packet.kind == PacketKind.LOWPASS:
+            self._lowpass(packet)
         return []  # unknown kinds (newer minor versions) are skipped
 
     def decode_packets(self, packets: Iterable[Packet]) -> Iterator[np.ndarray]:
@@ -72,6 +76,7 @@ class Decoder:
         A generator with `render_many` (the int8 / csim / board runtimes) gets the MOTION
         frames after each key frame in runs of up to RUN_FRAMES, so its co-processor
         schedule overlaps the ARM-side work of one frame with the engines of the next.
+        A run also ends at a LOWPASS update, which holds from its frame on.
         """
         render_many = getattr(self.generator, "render_many", None)
         if render_many is None:
@@ -84,13 +89,13 @@ class Decoder:
                 run.append(self._motion(packet))
                 if len(run) < RUN_FRAMES:
                     continue
-            if run:  # before a key frame replaces the reference these frames animate
-                yield from render_many(run)
+            if run:  # before a key frame or update changes what these frames get
+                yield from map(self.lowpass.apply, render_many(run))
                 run = []
             if packet.kind != PacketKind.MOTION:
                 yield from self.decode(packet)
         if run:
-            yield from render_many(run)
+            yield from map(self.lowpass.apply, render_many(run))
 
     def _keyframe(self, packet: Packet) -> np.ndarray:
         self._check_pts(packet.pts, keyframe=True)
@@ -107,6 +112,7 @@ class Decoder:
             self.needs_keyframe = True
             raise
         self.generator.set_reference(image, landmarks)
+        self.lowpass.reset()
         self.needs_keyframe = False
         self.next_pts = packet.pts + 1
         return image
@@ -124,6 +130,19 @@ class Decoder:
             raise
         self.next_pts = packet.pts + 1
         return landmarks
+
+    def _lowpass(self, packet: Packet) -> None:
+        """A low-pass residual update for the frame about to come (codec.lowpass)."""
+        if self.needs_keyframe:
+            return  # nothing to correct until a key frame starts a segment
+        if packet.pts != self.next_pts:
+            self.needs_keyframe = True
+            raise BitstreamError(f"LOWPASS for frame {packet.pts} where {self.next_pts} is next")
+        try:
+            self.lowpass.decode(packet.payload, packet.pts)
+        except GraceError:
+            self.needs_keyframe = True  # later updates build on this one
+            raise
 
     def _check_pts(self, pts: int, keyframe: bool) -> None:
         if pts != self.next_pts and not (keyframe and self.needs_keyframe and pts > self.next_pts):

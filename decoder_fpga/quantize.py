@@ -371,21 +371,19 @@ def calibration_samples(root: Path, size: int, count: int = 32, seed: int = 0) -
     import cv2
 
     from codec.generators.flow import landmark_heatmaps, network_inputs
+    from codec.training.prepare import read_cache
 
-    root = Path(root)
-    index = root / "index.json"
+    index = Path(root) / "index.json"
     if not index.is_file():
         raise QuantizationError(f"no calibration data: {index} is missing")
-    clips = json.loads(index.read_text())
+    clips, arrays = read_cache(root, "crops", "decoded", "segment")
     if not clips:
         raise QuantizationError(f"no calibration data: {index} lists no clips")
     rng = np.random.default_rng(seed)
     out = []
     for n in range(count):
-        clip = clips[n % len(clips)]["clip"]
-        crops = np.load(root / clip / "crops.npy", mmap_mode="r")
-        lms = np.load(root / clip / "decoded.npy")
-        seg = np.load(root / clip / "segment.npy")
+        c = n % len(clips)
+        crops, lms, seg = arrays["crops"][c], arrays["decoded"][c], arrays["segment"][c]
         i = int(rng.integers(len(seg)))
         j = int(rng.choice(np.flatnonzero(seg == seg[i])))
         img = np.array(crops[i])

@@ -110,15 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     backend = args.backend or ("torch" if ckpt else "warp")
     thresholds = [float(t) for t in args.thresholds.split(",")]
     from codec.evaluation.metrics import ms_ssim_available, ms_ssim_batch
+    from codec.training.prepare import read_cache
 
     try:
         gen = make_backend(backend, ckpt)
-        clips = [c["clip"] for c in json.loads((data / "index.json").read_text())][: args.clips]
+        _, arrays = read_cache(data, "crops", "decoded")
         runs = []
         t_render = 0.0
-        for name in clips:
-            crops = np.load(data / name / "crops.npy", mmap_mode="r")
-            lms = np.load(data / name / "decoded.npy", mmap_mode="r")
+        for crops, lms in list(zip(arrays["crops"], arrays["decoded"]))[: args.clips]:
             n = min(args.frames, len(crops))
             gen.set_reference(np.asarray(crops[0]), np.asarray(lms[0]))
             t0 = time.perf_counter()

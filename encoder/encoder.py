@@ -21,7 +21,8 @@ import numpy as np
 
 from codec import binary
 from codec.bitstream import Header, Packet, PacketKind
-from codec.keyframe import IMAGE_CODEC_NAMES, encode_image
+from codec.keyframe import IMAGE_CODEC_NAMES, decode_image, encode_image
+from codec.lowpass import LowpassResidual
 from codec.motion import MotionConfig, MotionEncoder, default_shape_model
 
 from .camera import CameraTracker
@@ -37,6 +38,10 @@ class EncoderConfig:
     pipeline: PipelineConfig = PipelineConfig()
     model_id: str = "warp"  # the generator the stream is made for (header)
     model_digest: bytes = b""
+    # Frames between low-pass residual updates (codec.lowpass); 0: none. Each update
+    # renders the frame with that generator here, as the receiver will.
+    lowpass_interval: int = 15
+    lowpass_steps: tuple[int, int] = (12, 8)  # luma, chroma quantiser steps (8-bit levels)
 
 
 class Encoder:
@@ -66,6 +71,11 @@ class Encoder:
             frame_count=frame_count,
         )
         self._codec = IMAGE_CODEC_NAMES[config.key_codec]
+        self.lowpass = (
+            LowpassResidual(size, *config.lowpass_steps) if config.lowpass_interval > 0 else None
+        )
+        self._renderer = None  # the stream's generator, made at the first key frame
+        self._lowpass_updates: dict[int, bytes] = {}  # pts -> LOWPASS payload to send
         self._since_key = 0
         self._key_requested = False
         self._started = False
@@ -98,21 +108,47 @@ class Encoder:
             packets = self._motion_packets(self.motion.seal())
             crop = face.crop()
             if self.camera is not None:
-                self.camera.motion_points(crop, face.landmarks, key=True)
-            lm_bytes, _ = self.motion.intra(face.landmarks, face.index)
+                self.camera.start(crop, face.landmarks)
+            lm_bytes, decoded_points = self.motion.intra(face.landmarks, face.index)
             image = encode_image(crop, self._codec, self.config.key_quality)
             payload = binary.u8(self._codec) + binary.length_prefixed(lm_bytes) + image
+            if self.lowpass is not None:
+                size = self.header.width
+                self._sender_renderer().set_reference(
+                    decode_image(image, self._codec, size, size), decoded_points
+                )
+                self.lowpass.reset()
             packets.append(Packet(PacketKind.KEYFRAME, face.index, payload))
             self._started, self._key_requested, self._since_key = True, False, 1
         else:
             points = face.landmarks
             if self.camera is not None:
                 points = self.camera.motion_points(face.crop(), face.landmarks, key=False)
-            _, ready = self.motion.inter(points)
+            decoded_points, ready = self.motion.inter(points)
+            interval = self.config.lowpass_interval
+            if self.lowpass is not None and self._since_key % interval == 0:
+                update = self.lowpass.encode(face.crop(), self._renderer.render(decoded_points))
+                if update is not None:
+                    self._lowpass_updates[face.index] = update
             packets = self._motion_packets(ready)
             self._since_key += 1
         return packets
 
-    @staticmethod
-    def _motion_packets(chunks: list[tuple[int, bytes]]) -> list[Packet]:
-        return [Packet(PacketKind.MOTION, pts, data) for pts, data in chunks]
+    def _sender_renderer(self):
+        if self._renderer is None:
+            from codec.generators import MODEL_BACKENDS, make_generator
+
+            backend = MODEL_BACKENDS.get(self.config.model_id, "warp")
+            self._renderer = make_generator(backend, self.config.model_id, self.config.model_digest)
+        return self._renderer
+
+    def _motion_packets(self, chunks: list[tuple[int, bytes]]) -> list[Packet]:
+        """MOTION packets, each frame's LOWPASS update just before it (the receiver then
+        applies it from that frame on)."""
+        packets = []
+        for pts, data in chunks:
+            update = self._lowpass_updates.pop(pts, None)
+            if update is not None:
+                packets.append(Packet(PacketKind.LOWPASS, pts, update))
+            packets.append(Packet(PacketKind.MOTION, pts, data))
+        return packets

@@ -336,8 +336,8 @@ def test_decode_with_replay(encoded, tmp_path, capsys):
 
 def test_board_backends_decode_through_the_overlapped_schedule(example_clip, tmp_path, monkeypatch):
     """`decode --backend csim / pynq-sim` runs render_many (ARM work overlapped with the
-    engines), in runs cut short here to 2 frames: its frames equal the Decoder's
-    packet-by-packet render, bit for bit."""
+    engines), in runs cut short here to 2 frames and at low-pass updates: its frames equal
+    the Decoder's packet-by-packet render, bit for bit."""
     import codec.decoder
 
     monkeypatch.setattr(codec.decoder, "RUN_FRAMES", 2)
@@ -348,12 +348,14 @@ def test_board_backends_decode_through_the_overlapped_schedule(example_clip, tmp
     if model_card("grace-s") is None:
         pytest.skip("no shipped grace-s weights")
     agc = tmp_path / "g.agc"
-    argv = ["encode", str(example_clip), str(agc), "-q", "--max-frames", "4"]
-    assert main([*argv, "--model", "grace-s"]) == 0
+    argv = ["encode", str(example_clip), str(agc), "-q", "--max-frames", "5"]
+    assert main([*argv, "--model", "grace-s", "--lowpass-interval", "2"]) == 0
     with open(agc, "rb") as f:
         reader = AgcReader(f)
         serial = Decoder(reader.header, "csim")
-        want = [fr for p in reader for fr in serial.decode(p)]
+        packets = list(reader)
+        want = [fr for p in packets for fr in serial.decode(p)]
+    assert PacketKind.LOWPASS in [p.kind for p in packets]  # runs end at an update too
     assert hasattr(make_generator("csim", "grace-s"), "render_many")
     for backend in ("csim", "pynq-sim"):
         out = tmp_path / f"{backend}.mkv"

@@ -430,7 +430,7 @@ class Receiver(pb_grpc.GraceCallServicer):
         if frame is not None:
             for sink in sinks:
                 sink.show(frame)
-        elif not session.ended:
+        elif session.was_frame:
             for sink in sinks:
                 sink.skip()
 

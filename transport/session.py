@@ -265,6 +265,8 @@ class ReceiverSession:
         self.latency = LatencyHistogram()
         self.stats = CallStats()
         self.packets_seen = 0  # packet messages taken on this connection
+        self.updates_seen = 0  # of which LOWPASS updates (packets, not frames)
+        self.was_frame = False  # the last packet was a frame's (a sink repeats one not shown)
         self.ended = False  # the sender sent END (a clean hang-up)
         self.last_error = ""
         self._requests: list[tuple[Reason, int]] = []
@@ -295,19 +297,31 @@ class ReceiverSession:
             raise BitstreamError("a packet arrived before the stream header")
         self.packets_seen += 1
         self.stats.bytes_total += len(data)
+        self.was_frame = True  # until the packet says otherwise
         try:
             packet = Packet.from_bytes(data)
         except BitstreamError as e:
             self._count_dropped()  # most likely a frame; it cannot be told any more
             self._damaged(e)
             return None
+        self.was_frame = packet.kind in FRAME_KINDS
         if packet.kind == PacketKind.END:
-            # END counts the packets sent on this connection: the receiver's "frames sent".
+            # END counts the packets sent on this connection (the stream is reliable: all
+            # arrived); less the LOWPASS updates, that is the receiver's "frames sent".
             self.ended = True
             try:
-                self.stats.frames_sent = binary.ByteReader(packet.payload, "END").varint(MAX_PTS)
+                sent = binary.ByteReader(packet.payload, "END").varint(MAX_PTS)
+                self.stats.frames_sent = max(0, sent - self.updates_seen)
             except BitstreamError:
                 pass  # a count we cannot read changes nothing else
+            return None
+        if packet.kind == PacketKind.LOWPASS:  # updates the decoder's state, shows nothing
+            self.updates_seen += 1
+            if self.state is ReceiverState.DECODING:
+                try:
+                    self.decoder.decode(packet, False)
+                except GraceError as e:
+                    self._damaged(e)
             return None
         if packet.kind not in FRAME_KINDS:
             return None  # a kind from a newer minor version: skipped, as in files
@@ -441,8 +455,8 @@ class SenderSession:
         with self._lock:
             if packet.kind == PacketKind.KEYFRAME:
                 self._awaiting_key = False
-            if packet.kind == PacketKind.MOTION and self._awaiting_key:
-                self.stats.frames_not_sent += 1
+            if packet.kind in (PacketKind.MOTION, PacketKind.LOWPASS) and self._awaiting_key:
+                self.stats.frames_not_sent += packet.kind == PacketKind.MOTION
                 return False
             return True
 

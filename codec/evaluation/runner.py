@@ -75,6 +75,7 @@ class EvalConfig:
     face_stride: int = 1  # AKD/AED on every n-th frame (the dlib descriptor is ~60 ms)
     preset: str = "medium"  # anchors' x264/x265 preset
     camera_motion: bool = True  # gracecodec streams carry the camera's motion
+    lowpass_interval: int = 15  # gracecodec streams' low-pass residual updates (0: none)
 
 
 QUICK = EvalConfig(
@@ -206,24 +207,28 @@ class _Coded:
     sei_bytes_removed: int = 0
 
 
-def _code_grace(clip: _ClipData, run: Run, camera_motion: bool = True) -> _Coded:
+def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
     from encoder.encoder import Encoder, EncoderConfig
 
     from ..bitstream import AgcReader, AgcWriter, PacketKind
     from ..decoder import Decoder
-    from ..generators import MODEL_BACKENDS
+    from ..generators import MODEL_BACKENDS, default_model
     from ..motion import MotionConfig
 
     size = clip.faces[0].crop_size
-    # The header names the model this backend decodes by default (the coded data is the same).
+    # The header names the model this backend decodes by default; the sender renders the
+    # low-pass residual's frames with it too.
     model = next((m for m, b in MODEL_BACKENDS.items() if b == run.backend), "warp")
-    config = EncoderConfig(
+    default_id, default_digest = default_model()
+    enc_config = EncoderConfig(
         key_quality=run.key_quality,
         keyframe_interval=run.keyframe_interval,
-        motion=MotionConfig(camera=camera_motion),
+        motion=MotionConfig(camera=config.camera_motion),
         model_id=model,
+        model_digest=default_digest if model == default_id else b"",
+        lowpass_interval=config.lowpass_interval,
     )
-    enc = Encoder(config, clip.fps, size, size, frame_count=len(clip.faces))  # as encode's files
+    enc = Encoder(enc_config, clip.fps, size, size, frame_count=len(clip.faces))  # as encode's
     enc.pipeline = _Replay()
     buf = io.BytesIO()
     payload = keyframes = 0
@@ -386,7 +391,7 @@ def _score(
     from .metrics import clip_scores
 
     if run.codec == GRACE:
-        coded = _code_grace(clip, run, config.camera_motion)
+        coded = _code_grace(clip, run, config)
     else:
         coded = _code_anchor(clip, run, config.preset)
     n, fps = len(clip.faces), float(clip.fps)
@@ -433,6 +438,8 @@ def default_command(
         argv += ["--backends", *config.backends]
     if not config.camera_motion:
         argv.append("--no-camera-motion")
+    if config.lowpass_interval != base.lowpass_interval:
+        argv += ["--lowpass-interval", str(config.lowpass_interval)]
     return shlex.join(argv)
 
 

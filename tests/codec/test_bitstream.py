@@ -49,7 +49,7 @@ PACKETS = [
 # HEADER + PACKETS + END, as written by AgcWriter. Changing these bytes changes the format:
 # bump the version and update docs/bitstream.md (its worked example is this stream).
 GOLDEN_HEX = (
-    "4147431a" "01" "00" "17"  # magic "AGC\x1a", version 1.0, header length 23
+    "4147431a" "01" "01" "17"  # magic "AGC\x1a", version 1.1, header length 23
     "4000" "3000" "19" "01" "02"  # width 64, height 48, fps 25/1, frame_count 2
     "07" "67726163652d73"  # model_id "grace-s"
     "04" "a1b2c3d4"  # model_digest
@@ -118,7 +118,7 @@ def test_golden_bytes() -> None:
 def test_golden_header_crc_covers_body_only() -> None:
     body = header_body(HEADER)
     assert len(body) == 0x17
-    assert GOLDEN[: GOLDEN_HEADER_LEN - 4] == MAGIC + b"\x01\x00\x17" + body
+    assert GOLDEN[: GOLDEN_HEADER_LEN - 4] == MAGIC + b"\x01\x01\x17" + body
     assert GOLDEN[GOLDEN_HEADER_LEN - 4 : GOLDEN_HEADER_LEN] == binary.u32(binary.crc32(body))
 
 
@@ -337,7 +337,7 @@ def test_wrong_magic(magic: bytes) -> None:
 def test_other_major_version_refused(major: int) -> None:
     data = bytearray(GOLDEN)
     data[4] = major
-    with pytest.raises(UnsupportedVersionError, match=f"version {major}.0 is not supported"):
+    with pytest.raises(UnsupportedVersionError, match=f"version {major}.1 is not supported"):
         read_stream(bytes(data))
 
 

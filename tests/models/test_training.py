@@ -17,17 +17,17 @@ from codec.motion import mean_face  # noqa: E402
 from codec.training import train as T  # noqa: E402
 
 
-def tiny_cache(root, frames=3):
-    """A cache in prepare-data's layout: two clips of random crops around a moving face."""
+def tiny_cache(root, frames=3, size=256, clips=("a", "b")):
+    """A cache in prepare-data's layout: clips of random crops around a moving face."""
     rng = np.random.default_rng(0)
-    for name in ("a", "b"):
+    for name in clips:
         (root / name).mkdir(parents=True)
-        np.save(root / name / "crops.npy", rng.integers(0, 256, (frames, 256, 256, 3), np.uint8))
+        np.save(root / name / "crops.npy", rng.integers(0, 256, (frames, size, size, 3), np.uint8))
         lms = np.stack([mean_face(256) + rng.normal(0, 2, (68, 2)) for _ in range(frames)])
         np.save(root / name / "decoded.npy", lms.astype(np.float32))
         np.save(root / name / "landmarks.npy", lms.astype(np.float32))
         np.save(root / name / "segment.npy", np.zeros(frames, np.int32))
-    (root / "index.json").write_text(json.dumps([{"clip": "a"}, {"clip": "b"}]))
+    (root / "index.json").write_text(json.dumps([{"clip": name} for name in clips]))
 
 
 def face_crop() -> np.ndarray:
@@ -111,10 +111,9 @@ def test_ssim_and_keypoint_terms_are_zero_for_a_perfect_output_and_grow_with_err
     assert parts["ssim"] < 0.8 and parts["keypoints"] > 3.0 and moved > perfect
 
 
-def test_near_pairs_stay_close_and_far_ones_spread():
-    data = T.PairDataset.__new__(T.PairDataset)  # just the segments pair() reads
-    data.clips, data.segments = [{}], [np.zeros(200, np.int32)]
-    data.weights = np.ones(1)
+def test_near_pairs_stay_close_and_far_ones_spread(tmp_path):
+    tiny_cache(tmp_path, frames=200, size=8, clips=("a",))  # one 200-frame segment
+    data = T.PairDataset(tmp_path)
     rng = np.random.default_rng(0)
     near = [data.pair(rng, near=1.0, near_gap=8) for _ in range(200)]
     assert max(abs(i - j) for _, i, j in near) <= 8
