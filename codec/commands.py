@@ -71,7 +71,7 @@ def encode_file(
     detector: str = "dlib",
     motion_step: float | None = None,
     camera_motion: bool = True,
-    lowpass_interval: int = 15,
+    lowpass_interval: int = 0,
     model: str | None = None,
     progress: Progress = _no_progress,
 ) -> EncodeStats:

@@ -40,7 +40,7 @@ class EncoderConfig:
     model_digest: bytes = b""
     # Frames between low-pass residual updates (codec.lowpass); 0: none. Each update
     # renders the frame with that generator here, as the receiver will.
-    lowpass_interval: int = 15
+    lowpass_interval: int = 0
     lowpass_steps: tuple[int, int] = (12, 8)  # luma, chroma quantiser steps (8-bit levels)
 
 

@@ -75,7 +75,7 @@ class EvalConfig:
     face_stride: int = 1  # AKD/AED on every n-th frame (the dlib descriptor is ~60 ms)
     preset: str = "medium"  # anchors' x264/x265 preset
     camera_motion: bool = True  # gracecodec streams carry the camera's motion
-    lowpass_interval: int = 15  # gracecodec streams' low-pass residual updates (0: none)
+    lowpass_interval: int = 0  # gracecodec streams' low-pass residual updates (0: none)
 
 
 QUICK = EvalConfig(

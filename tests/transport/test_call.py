@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+from fractions import Fraction
 
 import grpc
 import pytest
@@ -48,6 +49,23 @@ def test_call_end_to_end_records_a_playable_mp4(
     info = probe_video(out)
     assert (info.width, info.height, info.frame_count) == (256, 256, len(source_frames))
     assert info.fps == 25
+
+
+def test_low_pass_updates_travel_without_counting_as_frames(
+    start_receiver, source_frames, tmp_path
+):
+    """LOWPASS packets reach the receiver's decoder; they are neither frames sent nor
+    frames repeated in the recording."""
+    from encoder.encoder import Encoder, EncoderConfig
+
+    out = tmp_path / "lp.mp4"
+    receiver = start_receiver(record=str(out))
+    encoder = Encoder(EncoderConfig(lowpass_interval=4), Fraction(25), 640, 480)
+    call(receiver.port, encoder, source_frames)
+    assert receiver.wait(1, timeout=5)
+    got = receiver.calls[0]
+    assert got.frames_sent == got.frames_received == len(source_frames)
+    assert probe_video(out).frame_count == len(source_frames)
 
 
 def test_wrong_token_is_unauthenticated_before_any_decoding(
@@ -96,7 +114,7 @@ def test_newer_major_version_is_a_clear_error_and_a_clean_end(
     with pytest.raises(grpc.RpcError) as e:
         raw(receiver.port, [pb.Media(header=bytes(newer)), pb.Media(packet=packets[0])])
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "version 2.0 is not supported" in e.value.details()
+    assert "version 2.1 is not supported" in e.value.details()
 
     class NewerHeader:
         def __init__(self, h) -> None:
@@ -109,7 +127,7 @@ def test_newer_major_version_is_a_clear_error_and_a_clean_end(
 
     encoder = encoder_factory()
     encoder.header = NewerHeader(encoder.header)
-    with pytest.raises(TransportError, match="version 2.0 is not supported"):
+    with pytest.raises(TransportError, match="version 2.1 is not supported"):
         call(receiver.port, encoder, source_frames)
     # The receiver ended those calls cleanly and takes the next one.
     controls = raw(receiver.port, [pb.Media(header=header), pb.Media(packet=packets[0])])

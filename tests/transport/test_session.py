@@ -142,7 +142,7 @@ def test_header_errors_and_protocol_order():
         s.on_packet(key(0))
     newer = bytearray(HEADER.to_bytes())
     newer[4] = 2  # major version
-    with pytest.raises(UnsupportedVersionError, match="2.0 is not supported"):
+    with pytest.raises(UnsupportedVersionError, match="2.1 is not supported"):
         s.on_header(bytes(newer))
     s.on_header(HEADER.to_bytes())
     with pytest.raises(BitstreamError, match="second stream header"):
