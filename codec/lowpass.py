@@ -9,7 +9,7 @@ the last update and sends it in a LOWPASS packet. The receiver holds the last re
 and adds it, upsampled, to every frame it renders until the next update; a key frame
 resets it to zero. Loop closed at the sender: quantisation errors do not add up.
 
-Payload (docs/bitstream.md, "LOWPASS packets"): u8 luma step, u8 chroma step, u8 the
+Payload (docs/bitstream.md, "LOWPASS payload"): u8 luma step, u8 chroma step, u8 the
 two Laplace tables (luma in the high nibble), then 32-bit little-endian range-coder
 words (`constriction`) of the 16*16 luma then 8*8*2 chroma change symbols, row-major.
 """
