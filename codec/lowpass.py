@@ -25,7 +25,6 @@ from .errors import BitstreamError
 LUMA_GRID = 16
 CHROMA_GRID = 8
 MAX_SYMBOL = 47  # changes are clamped to +-47 steps (the sender reconstructs the clamp)
-NUM_SYMBOLS = LUMA_GRID**2 + 2 * CHROMA_GRID**2
 
 # ITU-R BT.601 full range, RGB -> YCbCr (the residual is a difference: no offsets).
 _TO_YCC = np.array(
