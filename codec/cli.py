@@ -14,6 +14,7 @@ from decoder_fpga.replay import DEFAULT_THRESHOLD_PX as DEFAULT_REPLAY_PX
 
 from .errors import GraceError, InputError
 from .generators import backend_names
+from .lowpass import DEFAULT_MIN_GAIN as LOWPASS_MIN_GAIN
 
 
 def _progress(iterable, quiet: bool, total: int | None, desc: str):
@@ -38,6 +39,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         motion_step=args.motion_step,
         camera_motion=not args.no_camera_motion,
         lowpass_interval=args.lowpass_interval,
+        lowpass_min_gain=args.lowpass_min_gain,
         model=args.model,
         progress=lambda it, total: _progress(it, args.quiet, total, "encode"),
     )
@@ -171,6 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         backends=tuple(args.backends) if args.backends else config.backends,
         camera_motion=not args.no_camera_motion,
         lowpass_interval=args.lowpass_interval,
+        lowpass_min_gain=args.lowpass_min_gain,
     )
     result = run_eval(
         find_clips(args.clips, split),
@@ -322,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the generator misses (e.g. 15: +1 dB PSNR for +1 kbit/s; default 0: none)",
     )
     e.add_argument(
+        "--lowpass-min-gain",
+        type=_float_range(0, 100),
+        default=LOWPASS_MIN_GAIN,
+        metavar="DB",
+        help="send a low-pass update only where it gains at least DB dB of PSNR on its "
+        f"frame per kbit it costs (default {LOWPASS_MIN_GAIN:g}; 0: every update)",
+    )
+    e.add_argument(
         "--model",
         choices=["warp", "grace-s"],
         default=None,
@@ -457,6 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="gracecodec streams' low-pass residual interval (as encode; default 0: none)",
+    )
+    v.add_argument(
+        "--lowpass-min-gain",
+        type=_float_range(0, 100),
+        default=LOWPASS_MIN_GAIN,
+        metavar="DB",
+        help=f"the low-pass updates' gain per kbit (as encode; default {LOWPASS_MIN_GAIN:g})",
     )
 
     bc = add("bench", cmd_bench, "encode and decode clips of ../shared/data: rate and speed table")

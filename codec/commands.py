@@ -13,6 +13,7 @@ from pathlib import Path
 from .bitstream import AgcReader, AgcWriter, Header, Packet, PacketKind
 from .errors import BitstreamError, GraceError, InputError
 from .fileio import atomic_output, check_writable
+from .lowpass import DEFAULT_MIN_GAIN
 
 Progress = Callable[[Iterable, int | None], Iterable]
 
@@ -72,6 +73,7 @@ def encode_file(
     motion_step: float | None = None,
     camera_motion: bool = True,
     lowpass_interval: int = 0,
+    lowpass_min_gain: float = DEFAULT_MIN_GAIN,
     model: str | None = None,
     progress: Progress = _no_progress,
 ) -> EncodeStats:
@@ -97,6 +99,7 @@ def encode_file(
         model_id=model_id,
         model_digest=model_digest,
         lowpass_interval=lowpass_interval,
+        lowpass_min_gain=lowpass_min_gain,
     )
     enc = Encoder(config, info.fps, info.width, info.height)
     stats = EncodeStats(fps=info.fps)

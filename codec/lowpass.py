@@ -5,9 +5,10 @@ cheek, a shoulder, a background the camera brings in): the very scales MS-SSIM w
 most. Every `interval` frames the sender renders the frame as the receiver will (the
 same generator, from the decoded key frame and the decoded motion), takes the residual
 original - rendered at 16x16 (luma) and 8x8 (chroma, YCbCr), quantises its change since
-the last update and sends it in a LOWPASS packet. The receiver holds the last residual
-and adds it, upsampled, to every frame it renders until the next update; a key frame
-resets it to zero. Loop closed at the sender: quantisation errors do not add up.
+the last update and sends it in a LOWPASS packet where it is worth its bits (the
+encoder's gate: PSNR gained on that frame per kbit, `DEFAULT_MIN_GAIN`). The receiver
+holds the last residual and adds it, upsampled, to every frame it renders until the next
+update; a key frame resets it to zero. Loop closed at the sender: quantisation errors do not add up.
 
 Payload (docs/bitstream.md, "LOWPASS payload"): u8 luma step, u8 chroma step, u8 the
 two Laplace tables (luma in the high nibble), then 32-bit little-endian range-coder
@@ -16,11 +17,16 @@ words (`constriction`) of the 16*16 luma then 8*8*2 chroma change symbols, row-m
 
 from __future__ import annotations
 
-import cv2
+import dataclasses
+
 import numpy as np
 
 from . import binary
 from .errors import BitstreamError
+
+# The sender's default gate (encode --lowpass-min-gain): an update must gain this many dB
+# of PSNR on its frame per kbit it costs. Chosen on six val clips, docs/results.md.
+DEFAULT_MIN_GAIN = 2.0
 
 LUMA_GRID = 16
 CHROMA_GRID = 8
@@ -71,6 +77,8 @@ def _best_table(symbols: np.ndarray) -> int:
 
 def downsample(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 or float (S, S, 3) RGB -> luma (16, 16), chroma (8, 8, 2), area-averaged."""
+    import cv2  # local imports: the CLI reads DEFAULT_MIN_GAIN without loading OpenCV
+
     ycc = frame.astype(np.float32) @ _TO_YCC.T
     y = cv2.resize(ycc[..., 0], (LUMA_GRID, LUMA_GRID), interpolation=cv2.INTER_AREA)
     c = cv2.resize(ycc[..., 1:], (CHROMA_GRID, CHROMA_GRID), interpolation=cv2.INTER_AREA)
@@ -79,9 +87,27 @@ def downsample(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def upsample(luma: np.ndarray, chroma: np.ndarray, size: int) -> np.ndarray:
     """The residual at full size, float32 (size, size, 3) RGB."""
+    import cv2
+
     y = cv2.resize(luma.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
     c = cv2.resize(chroma.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
     return np.concatenate([y[..., None], c], 2) @ _TO_RGB.T
+
+
+def _mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class LowpassUpdate:
+    """A proposed update: its payload, the residual it leads to, and its PSNR gain (dB) on
+    the frame it was made for, against keeping the held residual."""
+
+    payload: bytes
+    luma: np.ndarray
+    chroma: np.ndarray
+    full: np.ndarray
+    gain_db: float
 
 
 class LowpassResidual:
@@ -114,15 +140,13 @@ class LowpassResidual:
             return frame
         return np.clip(frame + self._full, 0, 255).round().astype(np.uint8)
 
-    def _set(self, luma: np.ndarray, chroma: np.ndarray) -> None:
-        self.luma, self.chroma = luma, chroma
-        self._full = upsample(luma, chroma, self.size)
-
     # -- sender -------------------------------------------------------------------------
 
-    def encode(self, original: np.ndarray, rendered: np.ndarray) -> bytes | None:
-        """The update that brings the held residual to original - rendered, applied here
-        too; None where it would change nothing (nothing need be sent)."""
+    def propose(self, original: np.ndarray, rendered: np.ndarray) -> LowpassUpdate | None:
+        """The update that would bring the held residual to original - rendered, with its
+        payload and what it buys on this frame; None where it would change nothing. The
+        held residual changes only at `commit` (the sender may decide it is not worth its
+        bits)."""
         import constriction
 
         y, c = downsample(original.astype(np.float32) - rendered.astype(np.float32))
@@ -136,21 +160,39 @@ class LowpassResidual:
         coder.encode(sy + MAX_SYMBOL, _categorical(TABLES[ty]))
         coder.encode(sc + MAX_SYMBOL, _categorical(TABLES[tc]))
         words = coder.get_compressed().astype("<u4").tobytes()
-        self._update(sy, sc)
-        return (
+        payload = (
             binary.u8(self.luma_step)
             + binary.u8(self.chroma_step)
             + binary.u8(ty << 4 | tc)
             + words
         )
+        luma, chroma = self._updated(sy, sc)
+        full = upsample(luma, chroma, self.size)
+        held_mse = _mse(original, self.apply(rendered))
+        new_mse = _mse(original, np.clip(rendered + full, 0, 255).round())
+        gain = 10 * np.log10(max(held_mse, 1e-6) / max(new_mse, 1e-6))
+        return LowpassUpdate(payload, luma, chroma, full, float(gain))
 
-    def _update(self, sy: np.ndarray, sc: np.ndarray) -> None:
+    def commit(self, update: LowpassUpdate) -> None:
+        """Holds the proposed residual (the update is being sent)."""
+        self.luma, self.chroma, self._full = update.luma, update.chroma, update.full
+
+    def encode(self, original: np.ndarray, rendered: np.ndarray) -> bytes | None:
+        """propose + commit: the payload of the update, or None where nothing changes."""
+        update = self.propose(original, rendered)
+        if update is None:
+            return None
+        self.commit(update)
+        return update.payload
+
+    def _updated(self, sy: np.ndarray, sc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The held residual plus the change symbols sy, sc (luma, chroma grids)."""
         luma = self.luma + sy.reshape(LUMA_GRID, LUMA_GRID).astype(np.float32) * self.luma_step
         chroma = (
             self.chroma
             + sc.reshape(CHROMA_GRID, CHROMA_GRID, 2).astype(np.float32) * self.chroma_step
         )
-        self._set(luma, chroma)
+        return luma, chroma
 
     # -- receiver -----------------------------------------------------------------------
 
@@ -172,4 +214,8 @@ class LowpassResidual:
         except (ValueError, RuntimeError, AssertionError) as e:
             raise BitstreamError(f"LOWPASS at pts {pts}: undecodable ({e})") from None
         self.luma_step, self.chroma_step = luma_step, chroma_step
-        self._update(np.asarray(sy, np.int32) - MAX_SYMBOL, np.asarray(sc, np.int32) - MAX_SYMBOL)
+        luma, chroma = self._updated(
+            np.asarray(sy, np.int32) - MAX_SYMBOL, np.asarray(sc, np.int32) - MAX_SYMBOL
+        )
+        self.luma, self.chroma = luma, chroma
+        self._full = upsample(luma, chroma, self.size)

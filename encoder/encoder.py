@@ -22,7 +22,7 @@ import numpy as np
 from codec import binary
 from codec.bitstream import Header, Packet, PacketKind
 from codec.keyframe import IMAGE_CODEC_NAMES, decode_image, encode_image
-from codec.lowpass import LowpassResidual
+from codec.lowpass import DEFAULT_MIN_GAIN, LowpassResidual, LowpassUpdate
 from codec.motion import MotionConfig, MotionEncoder, default_shape_model
 
 from .camera import CameraTracker
@@ -41,6 +41,9 @@ class EncoderConfig:
     # Frames between low-pass residual updates (codec.lowpass); 0: none. Each update
     # renders the frame with that generator here, as the receiver will.
     lowpass_interval: int = 0
+    # An update is sent only where it gains at least this many dB of PSNR on its frame per
+    # kbit it costs (packet framing included); 0: every update that changes something.
+    lowpass_min_gain: float = DEFAULT_MIN_GAIN
     lowpass_steps: tuple[int, int] = (12, 8)  # luma, chroma quantiser steps (8-bit levels)
 
 
@@ -127,12 +130,18 @@ class Encoder:
             decoded_points, ready = self.motion.inter(points)
             interval = self.config.lowpass_interval
             if self.lowpass is not None and self._since_key % interval == 0:
-                update = self.lowpass.encode(face.crop(), self._renderer.render(decoded_points))
-                if update is not None:
-                    self._lowpass_updates[face.index] = update
+                update = self.lowpass.propose(face.crop(), self._renderer.render(decoded_points))
+                if update is not None and self._worth_sending(update, face.index):
+                    self.lowpass.commit(update)
+                    self._lowpass_updates[face.index] = update.payload
             packets = self._motion_packets(ready)
             self._since_key += 1
         return packets
+
+    def _worth_sending(self, update: LowpassUpdate, pts: int) -> bool:
+        min_gain = self.config.lowpass_min_gain
+        bits = 8 * len(Packet(PacketKind.LOWPASS, pts, update.payload).to_bytes())
+        return min_gain <= 0 or update.gain_db >= min_gain * bits / 1000
 
     def _sender_renderer(self):
         if self._renderer is None:

@@ -5,8 +5,11 @@
 
 Prints, per metric, the BD-rate of the curve in AFTER against the same curve in BEFORE
 (the same clips, `runner.bd_rate` per clip, then the mean over the clips where both
-curves share a quality interval), and the mean change of rate and quality at each
-operating point. Unlike the BD-rates against x265 in each run's summary, whose clip
+curves share a quality interval), the BD-rate of the mean curves (rate and quality
+averaged over the clips at each operating point: no clip is left out, which matters
+when a change moves some clips' curves clear of their old quality range and the
+per-clip mean then counts only the clips it helped least), and the mean change of rate
+and quality at each operating point. Unlike the BD-rates against x265 in each run's summary, whose clip
 counts can differ between runs, this compares like with like.
 """
 
@@ -75,7 +78,22 @@ def compare(before: dict[str, list[dict]], after: dict[str, list[dict]]) -> dict
                     d = _value(r, key) - _value(old[r["operating_point"]], key)
                     points[r["operating_point"]][key].append(d)
     deltas = {op: {k: float(np.nanmean(v)) for k, v in d.items()} for op, d in points.items()}
-    return {"clips": len(clips), "bd_rate": bd, "deltas": deltas}
+    a, t = _mean_curve(before, clips), _mean_curve(after, clips)
+    pooled = {m: bd_rate(a["kbps"], a[m], t["kbps"], t[m], HIGHER_IS_BETTER[m]) for m in METRICS}
+    return {"clips": len(clips), "bd_rate": bd, "pooled_bd_rate": pooled, "deltas": deltas}
+
+
+def _mean_curve(rows: dict[str, list[dict]], clips: list[str]) -> dict[str, list[float]]:
+    """Rate and each metric averaged over `clips` at each operating point all of them have."""
+    by_op: dict[str, list[dict]] = defaultdict(list)
+    for clip in clips:
+        for r in rows[clip]:
+            by_op[r["operating_point"]].append(r)
+    ops = sorted(op for op, rs in by_op.items() if len(rs) == len(clips))
+    return {
+        key: [float(np.mean([_value(r, key) for r in by_op[op]])) for op in ops]
+        for key in ("kbps", *METRICS)
+    }
 
 
 def markdown(result: dict, curve: str) -> str:
@@ -90,6 +108,12 @@ def markdown(result: dict, curve: str) -> str:
         "| "
         + " | ".join(
             "n/a" if v is None else f"{v:+.1f} ({n})" for v, n in result["bd_rate"].values()
+        )
+        + " |",
+        "| "
+        + " | ".join(
+            "n/a" if v is None else f"{v:+.1f} (mean curves)"
+            for v in result["pooled_bd_rate"].values()
         )
         + " |",
         "",

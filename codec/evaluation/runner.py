@@ -49,6 +49,7 @@ import numpy as np
 
 from ..benchmarks import Clip
 from ..errors import GraceError, InputError
+from ..lowpass import DEFAULT_MIN_GAIN
 from .anchors import ANCHOR_CODECS, DEFAULT_QPS, QUICK_QPS
 from .metrics import CORE_METRICS, DIGITS, HIGHER_IS_BETTER, LABELS
 
@@ -76,6 +77,7 @@ class EvalConfig:
     preset: str = "medium"  # anchors' x264/x265 preset
     camera_motion: bool = True  # gracecodec streams carry the camera's motion
     lowpass_interval: int = 0  # gracecodec streams' low-pass residual updates (0: none)
+    lowpass_min_gain: float = DEFAULT_MIN_GAIN  # dB per kbit an update must gain (EncoderConfig)
 
 
 QUICK = EvalConfig(
@@ -227,6 +229,7 @@ def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
         model_id=model,
         model_digest=default_digest if model == default_id else b"",
         lowpass_interval=config.lowpass_interval,
+        lowpass_min_gain=config.lowpass_min_gain,
     )
     enc = Encoder(enc_config, clip.fps, size, size, frame_count=len(clip.faces))  # as encode's
     enc.pipeline = _Replay()
@@ -440,6 +443,8 @@ def default_command(
         argv.append("--no-camera-motion")
     if config.lowpass_interval != base.lowpass_interval:
         argv += ["--lowpass-interval", str(config.lowpass_interval)]
+    if config.lowpass_min_gain != base.lowpass_min_gain:
+        argv += ["--lowpass-min-gain", f"{config.lowpass_min_gain:g}"]
     return shlex.join(argv)
 
 

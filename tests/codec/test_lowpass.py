@@ -61,6 +61,20 @@ def test_the_residual_puts_the_shading_back():
     assert res.apply(rendered) is rendered
 
 
+def test_a_proposal_changes_nothing_until_committed():
+    original, rendered = _frames()
+    res = lowpass.LowpassResidual(SIZE)
+    update = res.propose(original, rendered)
+    assert not res.active and update.gain_db > 3  # the shading is most of the error
+    again = res.propose(original, rendered)
+    assert again.payload == update.payload
+    res.commit(update)
+    np.testing.assert_array_equal(res.luma, update.luma)
+    # Once held, the same frame asks for (nearly) nothing more and gains (nearly) nothing.
+    after = res.propose(original, rendered)
+    assert after is None or after.gain_db < 0.5
+
+
 def test_no_change_sends_nothing():
     original, _ = _frames()
     res = lowpass.LowpassResidual(SIZE)
@@ -84,12 +98,14 @@ def test_garbage_words_decode_to_some_residual_without_crashing():
     assert out.dtype == np.uint8 and out.shape == (SIZE, SIZE, 3)
 
 
-def _encode(clip, interval, tmp_path):
+def _encode(clip, interval, tmp_path, min_gain=0.0):
+    """The example's first 20 frames; min_gain 0: every update that changes something."""
     from codec.cli import main
 
-    out = tmp_path / f"lp{interval}.agc"
+    out = tmp_path / f"lp{interval}_{min_gain}.agc"
     argv = ["encode", str(clip), str(out), "-q", "--model", "warp", "--max-frames", "20"]
-    assert main([*argv, "--lowpass-interval", str(interval)]) == 0
+    lowpass = ["--lowpass-interval", str(interval), "--lowpass-min-gain", str(min_gain)]
+    assert main([*argv, *lowpass]) == 0
     with open(out, "rb") as f:
         reader = AgcReader(f)
         return reader.header, list(reader)
@@ -138,6 +154,13 @@ def test_update_frames_come_closer_to_the_source(example_clip, tmp_path):
     assert len(updated) >= 3
     assert np.all(with_updates[updated] <= without[updated])
     assert with_updates[updated].sum() < 0.85 * without[updated].sum()
+
+
+def test_the_sender_sends_only_updates_worth_their_bits(example_clip, tmp_path):
+    every = [p for p in _encode(example_clip, 4, tmp_path)[1] if p.kind == PacketKind.LOWPASS]
+    gated = [p for p in _encode(example_clip, 4, tmp_path, 2.0)[1] if p.kind == PacketKind.LOWPASS]
+    none = [p for p in _encode(example_clip, 4, tmp_path, 100)[1] if p.kind == PacketKind.LOWPASS]
+    assert len(every) >= 3 and len(gated) < len(every) and not none
 
 
 def test_an_update_out_of_place_asks_for_a_key_frame(example_clip, tmp_path):

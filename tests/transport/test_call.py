@@ -60,7 +60,8 @@ def test_low_pass_updates_travel_without_counting_as_frames(
 
     out = tmp_path / "lp.mp4"
     receiver = start_receiver(record=str(out))
-    encoder = Encoder(EncoderConfig(lowpass_interval=4), Fraction(25), 640, 480)
+    config = EncoderConfig(lowpass_interval=4, lowpass_min_gain=0)  # every update
+    encoder = Encoder(config, Fraction(25), 640, 480)
     call(receiver.port, encoder, source_frames)
     assert receiver.wait(1, timeout=5)
     got = receiver.calls[0]
