@@ -159,7 +159,7 @@ def decode_file(
     landmark motion since they were computed is below this many pixels; None: off.
     """
     from .decoder import Decoder
-    from .video import VideoWriter
+    from .video import BackgroundVideoWriter
 
     check_writable(output_path)
     if replay_px is not None and not 0 <= replay_px <= 64:
@@ -175,7 +175,8 @@ def decode_file(
             decoder.generator = ReplayGenerator(decoder.generator, replay_px)
             stats.replay = decoder.generator.stats
         start = time.perf_counter()
-        with VideoWriter(output_path, header.fps, header.width, header.height) as out:
+        # The video encoder runs on its own thread, beside the rendering.
+        with BackgroundVideoWriter(output_path, header.fps, header.width, header.height) as out:
             for frame in decoder.decode_packets(progress(reader, header.frame_count or None)):
                 out.write(frame)
                 stats.frames += 1

@@ -22,6 +22,8 @@ import contextlib
 import dataclasses
 import numbers
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -298,3 +300,73 @@ class VideoWriter:
             self.close()
         elif not self._closed:
             self._abort(exc)
+
+
+class BackgroundVideoWriter:
+    """A VideoWriter that encodes on a thread of its own, so that the video encoder runs
+    while the caller renders the next frame (`gracecodec decode` on 2 cores: about 14 ->
+    16 frames/s with torch, same file). The same contract: the file appears only after a
+    successful `close()`; an error on the thread is raised by the next `write()` or by
+    `close()`, and leaves no file.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: Fraction, width: int, height: int) -> None:
+        self._writer = VideoWriter(path, fps, width, height)  # bad arguments raise here
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="video-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def path(self) -> Path:
+        return self._writer.path
+
+    def _run(self) -> None:
+        while (frame := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write(frame)
+                except BaseException as e:  # handed to the caller's thread
+                    self._error = e
+
+    def write(self, frame: np.ndarray) -> None:
+        """Checks and queues one frame (copied: the caller may reuse its buffer)."""
+        self._raise_pending()
+        w = self._writer
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+            raise ValueError("frame must be a uint8 numpy array")
+        if frame.shape != (w.height, w.width, 3):
+            raise ValueError(f"frame shape {frame.shape} != {(w.height, w.width, 3)}")
+        self._queue.put(frame.copy())
+
+    def close(self) -> None:
+        self._stop()
+        self._raise_pending()
+        self._writer.close()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._stop()
+            self._writer.__exit__(type(error), error, error.__traceback__)  # no file left
+            raise error
+
+    def __enter__(self) -> BackgroundVideoWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self._stop()
+            self._writer.__exit__(exc_type, exc, tb)

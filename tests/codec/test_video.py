@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from codec.errors import InputError, OutputError
-from codec.video import VideoInfo, VideoWriter, probe_video, read_frames
+from codec.video import BackgroundVideoWriter, VideoInfo, VideoWriter, probe_video, read_frames
 
 
 def ramp(n: int, height: int = 64, width: int = 64) -> list[np.ndarray]:
@@ -227,3 +227,40 @@ def test_unwritable_path(tmp_path):
     with pytest.raises(OutputError, match="directory"):
         VideoWriter(tmp_path / "taken.mkv", Fraction(25), 64, 64)
     assert leftovers(tmp_path) == ["taken.mkv"]
+
+
+def test_background_writer_writes_what_the_plain_one_does(tmp_path):
+    frames = ramp(6)
+    write(tmp_path / "plain.mkv", frames)
+    buffer = np.empty_like(frames[0])
+    with BackgroundVideoWriter(tmp_path / "bg.mkv", Fraction(25), 64, 64) as w:
+        for f in frames:
+            buffer[:] = f  # one reused buffer: the writer must have copied each frame
+            w.write(buffer)
+        with pytest.raises(ValueError, match="shape"):
+            w.write(np.zeros((64, 66, 3), np.uint8))  # checked at once, not on the thread
+    assert w.path == tmp_path / "bg.mkv"
+    for a, b in zip(
+        read_frames(tmp_path / "plain.mkv"), read_frames(tmp_path / "bg.mkv"), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_background_writer_error_reaches_the_caller_and_leaves_no_file(tmp_path, monkeypatch):
+    def broken(self, frame):
+        raise OutputError("cannot write: disk full")
+
+    w = BackgroundVideoWriter(tmp_path / "clip.mp4", Fraction(25), 64, 64)
+    monkeypatch.setattr(VideoWriter, "write", broken)
+    w.write(ramp(1)[0])
+    with pytest.raises(OutputError, match="disk full"):
+        w.close()
+    assert leftovers(tmp_path) == []
+
+
+def test_background_writer_leaves_no_file_when_body_raises(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with BackgroundVideoWriter(tmp_path / "clip.mp4", Fraction(25), 64, 64) as w:
+            w.write(ramp(1)[0])
+            raise RuntimeError("boom")
+    assert leftovers(tmp_path) == []
