@@ -9,8 +9,8 @@ curves share a quality interval), the BD-rate of the mean curves (rate and quali
 averaged over the clips at each operating point: no clip is left out, which matters
 when a change moves some clips' curves clear of their old quality range and the
 per-clip mean then counts only the clips it helped least), and the mean change of rate
-and quality at each operating point. Unlike the BD-rates against x265 in each run's summary, whose clip
-counts can differ between runs, this compares like with like.
+and quality at each operating point. Unlike the BD-rates against x265 in each run's
+summary, whose clip counts can differ between runs, this compares like with like.
 """
 
 from __future__ import annotations
