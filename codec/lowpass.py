@@ -8,7 +8,8 @@ original - rendered at 16x16 (luma) and 8x8 (chroma, YCbCr), quantises its chang
 the last update and sends it in a LOWPASS packet where it is worth its bits (the
 encoder's gate: PSNR gained on that frame per kbit, `DEFAULT_MIN_GAIN`). The receiver
 holds the last residual and adds it, upsampled, to every frame it renders until the next
-update; a key frame resets it to zero. Loop closed at the sender: quantisation errors do not add up.
+update; a key frame resets it to zero. Loop closed at the sender: quantisation errors do
+not add up.
 
 Payload (docs/bitstream.md, "LOWPASS payload"): u8 luma step, u8 chroma step, u8 the
 two Laplace tables (luma in the high nibble), then 32-bit little-endian range-coder
@@ -140,6 +141,9 @@ class LowpassResidual:
             return frame
         return np.clip(frame + self._full, 0, 255).round().astype(np.uint8)
 
+    def _hold(self, luma: np.ndarray, chroma: np.ndarray, full: np.ndarray) -> None:
+        self.luma, self.chroma, self._full = luma, chroma, full
+
     # -- sender -------------------------------------------------------------------------
 
     def propose(self, original: np.ndarray, rendered: np.ndarray) -> LowpassUpdate | None:
@@ -175,7 +179,7 @@ class LowpassResidual:
 
     def commit(self, update: LowpassUpdate) -> None:
         """Holds the proposed residual (the update is being sent)."""
-        self.luma, self.chroma, self._full = update.luma, update.chroma, update.full
+        self._hold(update.luma, update.chroma, update.full)
 
     def encode(self, original: np.ndarray, rendered: np.ndarray) -> bytes | None:
         """propose + commit: the payload of the update, or None where nothing changes."""
@@ -217,5 +221,4 @@ class LowpassResidual:
         luma, chroma = self._updated(
             np.asarray(sy, np.int32) - MAX_SYMBOL, np.asarray(sc, np.int32) - MAX_SYMBOL
         )
-        self.luma, self.chroma = luma, chroma
-        self._full = upsample(luma, chroma, self.size)
+        self._hold(luma, chroma, upsample(luma, chroma, self.size))

@@ -229,10 +229,7 @@ class VideoWriter:
         """Appends one frame: uint8 (height, width, 3) RGB, 0..255."""
         if self._closed:
             raise ValueError(f"{self.path}: writer is closed")
-        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
-            raise ValueError("frame must be a uint8 numpy array")
-        if frame.shape != (self.height, self.width, 3):
-            raise ValueError(f"frame shape {frame.shape} != {(self.height, self.width, 3)}")
+        self.check_frame(frame)
         rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         if self._pix_fmt == "yuv420p":
             vf = rgb.reformat(
@@ -252,6 +249,13 @@ class VideoWriter:
         except (av.error.FFmpegError, OSError) as e:
             self._fail(e)
         self._count += 1
+
+    def check_frame(self, frame: np.ndarray) -> None:
+        """ValueError unless frame is uint8 (height, width, 3)."""
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+            raise ValueError("frame must be a uint8 numpy array")
+        if frame.shape != (self.height, self.width, 3):
+            raise ValueError(f"frame shape {frame.shape} != {(self.height, self.width, 3)}")
 
     def close(self) -> None:
         """Flushes the encoder and moves the finished file to `path`. Idempotent.
@@ -332,11 +336,7 @@ class BackgroundVideoWriter:
     def write(self, frame: np.ndarray) -> None:
         """Checks and queues one frame (copied: the caller may reuse its buffer)."""
         self._raise_pending()
-        w = self._writer
-        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
-            raise ValueError("frame must be a uint8 numpy array")
-        if frame.shape != (w.height, w.width, 3):
-            raise ValueError(f"frame shape {frame.shape} != {(w.height, w.width, 3)}")
+        self._writer.check_frame(frame)
         self._queue.put(frame.copy())
 
     def close(self) -> None:
