@@ -336,7 +336,7 @@ def bench_codec(
                 float(info.header.fps),
                 n_key,
                 key,
-                info.kbps(info.payload_bytes[PacketKind.MOTION]),
+                info.kbps(info.motion_bytes),
                 info.kbps(info.payload_bytes[PacketKind.LOWPASS]),
                 info.kbps(info.file_bytes),
                 enc.frames / enc.seconds,

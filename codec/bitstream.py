@@ -22,8 +22,9 @@ from . import binary
 from .errors import BitstreamError, TruncatedError, UnsupportedVersionError
 
 MAGIC = b"AGC\x1a"
-VERSION_MAJOR = 1
-VERSION_MINOR = 1  # 1.1: LOWPASS packets
+VERSION_MAJOR = 2  # 2.0: MOTION_GROUP packets, which a 1.x reader cannot skip
+VERSION_MINOR = 0
+READABLE_MAJORS = (1, 2)  # a 1.x stream is a 2.x stream without MOTION_GROUP packets
 
 # Limits checked before anything is allocated (a hostile length cannot exhaust memory).
 MAX_HEADER_BYTES = 64 * 1024
@@ -32,6 +33,8 @@ MAX_DIMENSION = 8192
 MAX_PTS = 2**32 - 1
 MAX_FPS_TERM = 1_000_000
 MAX_ID_BYTES = 64
+MAX_GROUP_FRAMES = 1024  # frames in one MOTION_GROUP packet
+FILE_MOTION_GROUP = 25  # frames a group in the files gracecodec writes (a live call sends 1)
 
 
 class PacketKind(enum.IntEnum):
@@ -41,6 +44,10 @@ class PacketKind(enum.IntEnum):
     MOTION = 2  # one frame's share of the continuous entropy-coded motion stream
     END = 3  # end of stream: payload = varint number of packets before it
     LOWPASS = 4  # a low-pass residual update (codec.lowpass), just before its frame's MOTION
+    MOTION_GROUP = 5  # consecutive frames' motion in one packet (files: framing paid once)
+
+
+MOTION_KINDS = (PacketKind.MOTION, PacketKind.MOTION_GROUP)
 
 
 class LandmarkScheme(enum.IntEnum):
@@ -103,10 +110,10 @@ class Header:
             raise BitstreamError(f"not an .agc stream: wrong magic {magic!r}")
         prefix = binary.ByteReader(_read_exact(stream, 2, "header"), "header")
         major, minor = prefix.u8(), prefix.u8()
-        if major != VERSION_MAJOR:
+        if major not in READABLE_MAJORS:
             raise UnsupportedVersionError(
                 f"stream format version {major}.{minor} is not supported "
-                f"(this gracecodec reads {VERSION_MAJOR}.x)"
+                f"(this gracecodec reads {' and '.join(f'{m}.x' for m in READABLE_MAJORS)})"
             )
         n = _read_varint(stream, MAX_HEADER_BYTES, "header length")
         body = _read_exact(stream, n, "header")
@@ -184,6 +191,35 @@ def read_packet(stream: BinaryIO) -> Packet | None:
     if crc != binary.crc32(first + pts_bytes + len_bytes + payload):
         raise BitstreamError(f"packet at pts {pts}: CRC mismatch (damaged data)")
     return Packet(kind, pts, payload)
+
+
+def group_motion(chunks: list[tuple[int, bytes]]) -> Packet:
+    """One packet for consecutive frames' MOTION chunks (pts, words): a MOTION packet for
+    one frame, else a MOTION_GROUP (varint frame count, then the chunks' words in order)."""
+    if not 1 <= len(chunks) <= MAX_GROUP_FRAMES:
+        raise ValueError(f"a motion group holds 1..{MAX_GROUP_FRAMES} frames, not {len(chunks)}")
+    first = chunks[0][0]
+    if [pts for pts, _ in chunks] != list(range(first, first + len(chunks))):
+        raise ValueError("a motion group's frames must be consecutive")
+    if len(chunks) == 1:
+        return Packet(PacketKind.MOTION, first, chunks[0][1])
+    words = b"".join(data for _, data in chunks)
+    return Packet(PacketKind.MOTION_GROUP, first, binary.varint(len(chunks)) + words)
+
+
+def motion_chunks(packet: Packet) -> list[tuple[int, bytes]]:
+    """The frames a MOTION or MOTION_GROUP packet codes, as (pts, words): a group's words
+    all come with its first frame (the motion decoder keeps words it has not consumed)."""
+    if packet.kind == PacketKind.MOTION:
+        return [(packet.pts, packet.payload)]
+    if packet.kind != PacketKind.MOTION_GROUP:
+        raise ValueError(f"packet kind {packet.kind} carries no motion")
+    r = binary.ByteReader(packet.payload, "MOTION_GROUP packet")
+    n = r.varint(MAX_GROUP_FRAMES)
+    if n < 1 or packet.pts + n - 1 > MAX_PTS:
+        raise BitstreamError(f"MOTION_GROUP at pts {packet.pts}: {n} frames out of range")
+    words = r.take(r.remaining)
+    return [(packet.pts, words)] + [(packet.pts + i, b"") for i in range(1, n)]
 
 
 class AgcWriter:

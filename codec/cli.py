@@ -12,6 +12,7 @@ from pathlib import Path
 
 from decoder_fpga.replay import DEFAULT_THRESHOLD_PX as DEFAULT_REPLAY_PX
 
+from .bitstream import FILE_MOTION_GROUP, MAX_GROUP_FRAMES
 from .errors import GraceError, InputError
 from .generators import backend_names
 from .lowpass import DEFAULT_MIN_GAIN as LOWPASS_MIN_GAIN
@@ -40,6 +41,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         camera_motion=not args.no_camera_motion,
         lowpass_interval=args.lowpass_interval,
         lowpass_min_gain=args.lowpass_min_gain,
+        motion_group=args.motion_group,
         model=args.model,
         progress=lambda it, total: _progress(it, args.quiet, total, "encode"),
     )
@@ -174,6 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         camera_motion=not args.no_camera_motion,
         lowpass_interval=args.lowpass_interval,
         lowpass_min_gain=args.lowpass_min_gain,
+        motion_group=args.motion_group,
     )
     result = run_eval(
         find_clips(args.clips, split),
@@ -333,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"frame per kbit it costs (default {LOWPASS_MIN_GAIN:g}; 0: every update)",
     )
     e.add_argument(
+        "--motion-group",
+        type=_int_range(1, MAX_GROUP_FRAMES),
+        default=FILE_MOTION_GROUP,
+        metavar="N",
+        help=f"frames of motion per packet (default {FILE_MOTION_GROUP}: the packet framing, "
+        "8 bytes, is paid once a group; 1: a packet a frame, as a live call sends)",
+    )
+    e.add_argument(
         "--model",
         choices=["warp", "grace-s"],
         default=None,
@@ -475,6 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=LOWPASS_MIN_GAIN,
         metavar="DB",
         help=f"the low-pass updates' gain per kbit (as encode; default {LOWPASS_MIN_GAIN:g})",
+    )
+    v.add_argument(
+        "--motion-group",
+        type=_int_range(1, MAX_GROUP_FRAMES),
+        default=FILE_MOTION_GROUP,
+        metavar="N",
+        help=f"gracecodec streams' frames of motion per packet (as encode; default "
+        f"{FILE_MOTION_GROUP})",
     )
 
     bc = add("bench", cmd_bench, "encode and decode clips of ../shared/data: rate and speed table")

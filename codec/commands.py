@@ -10,7 +10,16 @@ from collections.abc import Callable, Iterable
 from fractions import Fraction
 from pathlib import Path
 
-from .bitstream import AgcReader, AgcWriter, Header, Packet, PacketKind
+from .bitstream import (
+    FILE_MOTION_GROUP,
+    MOTION_KINDS,
+    AgcReader,
+    AgcWriter,
+    Header,
+    Packet,
+    PacketKind,
+    motion_chunks,
+)
 from .errors import BitstreamError, GraceError, InputError
 from .fileio import atomic_output, check_writable
 from .lowpass import DEFAULT_MIN_GAIN
@@ -74,6 +83,7 @@ def encode_file(
     camera_motion: bool = True,
     lowpass_interval: int = 0,
     lowpass_min_gain: float = DEFAULT_MIN_GAIN,
+    motion_group: int = FILE_MOTION_GROUP,
     model: str | None = None,
     progress: Progress = _no_progress,
 ) -> EncodeStats:
@@ -100,6 +110,7 @@ def encode_file(
         model_digest=model_digest,
         lowpass_interval=lowpass_interval,
         lowpass_min_gain=lowpass_min_gain,
+        motion_group=motion_group,
     )
     enc = Encoder(config, info.fps, info.width, info.height)
     stats = EncodeStats(fps=info.fps)
@@ -113,7 +124,8 @@ def encode_file(
     def write(batch: list[Packet]) -> None:
         for p in batch:
             writer.write(p)
-            stats.frames += p.kind in (PacketKind.KEYFRAME, PacketKind.MOTION)
+            stats.frames += p.kind == PacketKind.KEYFRAME
+            stats.frames += len(motion_chunks(p)) if p.kind in MOTION_KINDS else 0
             stats.keyframes += p.kind == PacketKind.KEYFRAME
 
     for frame in progress(read_frames(input_path, max_frames), total):
@@ -198,12 +210,17 @@ class StreamInfo:
     header: Header
     file_bytes: int
     packets: Counter  # kind -> count
-    payload_bytes: Counter  # kind -> payload bytes
+    payload_bytes: Counter  # kind -> payload bytes (a MOTION_GROUP's: its words only)
     key_codecs: Counter  # ImageCodec name -> count
+    motion_frames: int  # frames in MOTION and MOTION_GROUP packets
 
     @property
     def frames(self) -> int:
-        return self.packets[PacketKind.KEYFRAME] + self.packets[PacketKind.MOTION]
+        return self.packets[PacketKind.KEYFRAME] + self.motion_frames
+
+    @property
+    def motion_bytes(self) -> int:
+        return self.payload_bytes[PacketKind.MOTION] + self.payload_bytes[PacketKind.MOTION_GROUP]
 
     @property
     def duration(self) -> float:
@@ -215,11 +232,12 @@ class StreamInfo:
     def report(self) -> str:
         h = self.header
         key = self.payload_bytes[PacketKind.KEYFRAME]
-        motion = self.payload_bytes[PacketKind.MOTION]
+        motion, n_motion = self.motion_bytes, self.motion_frames
         lowpass = self.payload_bytes[PacketKind.LOWPASS]
         framing = self.file_bytes - key - motion - lowpass
-        n_key, n_motion = self.packets[PacketKind.KEYFRAME], self.packets[PacketKind.MOTION]
-        n_lowpass = self.packets[PacketKind.LOWPASS]
+        n_key, n_lowpass = self.packets[PacketKind.KEYFRAME], self.packets[PacketKind.LOWPASS]
+        n_single, n_group = self.packets[PacketKind.MOTION], self.packets[PacketKind.MOTION_GROUP]
+        n_known = n_key + n_single + n_group + n_lowpass
         codecs = ", ".join(f"{k} x{v}" for k, v in sorted(self.key_codecs.items())) or "-"
         lines = [
             f"format       .agc {h.model_id!r} model"
@@ -227,8 +245,9 @@ class StreamInfo:
             f"video        {h.width}x{h.height} at {float(h.fps):.3f} fps ({h.fps}), "
             f"{self.frames} frames, {self.duration:.2f} s",
             f"landmarks    {h.landmark_scheme.name}, motion parameters {h.motion_params.hex()}",
-            f"packets      {n_key} KEYFRAME ({codecs}), {n_motion} MOTION, {n_lowpass} LOWPASS, "
-            f"{sum(self.packets.values()) - n_key - n_motion - n_lowpass} other",
+            f"packets      {n_key} KEYFRAME ({codecs}), {n_single} MOTION, {n_group} "
+            f"MOTION_GROUP ({n_motion} motion frames), {n_lowpass} LOWPASS, "
+            f"{sum(self.packets.values()) - n_known} other",
             "rate         bytes      kbit/s",
             f"  key frames {key:<10d} {self.kbps(key):.3f}",
             f"  motion     {motion:<10d} {self.kbps(motion):.3f}"
@@ -248,15 +267,21 @@ def stream_info(path) -> StreamInfo:
     packets: Counter = Counter()
     payload: Counter = Counter()
     codecs: Counter = Counter()
+    motion_frames = 0
     with _open_stream(path) as f:
         reader = AgcReader(f)
         for p in reader:
             packets[p.kind] += 1
-            payload[p.kind] += len(p.payload)
+            if p.kind in MOTION_KINDS:
+                chunks = motion_chunks(p)
+                motion_frames += len(chunks)
+                payload[p.kind] += sum(len(words) for _, words in chunks)
+            else:
+                payload[p.kind] += len(p.payload)
             if p.kind == PacketKind.KEYFRAME and p.payload:
                 try:
                     codecs[ImageCodec(p.payload[0]).name] += 1
                 except ValueError:
                     codecs["unknown"] += 1
         size = f.tell()
-    return StreamInfo(reader.header, size, packets, payload, codecs)
+    return StreamInfo(reader.header, size, packets, payload, codecs, motion_frames)

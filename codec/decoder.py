@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from . import binary
-from .bitstream import MAX_PAYLOAD_BYTES, Header, Packet, PacketKind
+from .bitstream import MAX_PAYLOAD_BYTES, MOTION_KINDS, Header, Packet, PacketKind, motion_chunks
 from .errors import BitstreamError, GraceError
 from .generators import MODEL_BACKENDS, make_generator
 from .keyframe import ImageCodec, decode_image
@@ -35,7 +35,8 @@ def default_backend(header: Header) -> str:
 
 
 class Decoder:
-    """Turns packets into frames, one frame per KEYFRAME or MOTION packet.
+    """Turns packets into frames: one per KEYFRAME or MOTION packet, one per frame of a
+    MOTION_GROUP.
 
     Frames must arrive in order: a missing frame is a `BitstreamError`. After an error
     the decoder waits for the next key frame (`needs_keyframe`), which a live receiver
@@ -55,7 +56,7 @@ class Decoder:
         self.needs_keyframe = True
 
     def decode(self, packet: Packet, render: bool = True) -> list[np.ndarray]:
-        """Returns the frames this packet completes (zero or one).
+        """Returns the frames this packet completes, in order.
 
         render=False decodes a MOTION packet's landmarks (the motion stream is coded across
         frames, so none may be skipped) without rendering the frame: a live receiver that
@@ -63,9 +64,12 @@ class Decoder:
         """
         if packet.kind == PacketKind.KEYFRAME:
             return [self._keyframe(packet)]
-        if packet.kind == PacketKind.MOTION:
-            landmarks = self._motion(packet)
-            return [self.lowpass.apply(self.generator.render(landmarks))] if render else []
+        if packet.kind in MOTION_KINDS:
+            frames = []
+            for landmarks in self._motion(packet):
+                if render:
+                    frames.append(self.lowpass.apply(self.generator.render(landmarks)))
+            return frames
         if packet.kind == PacketKind.LOWPASS:
             self._lowpass(packet)
         return []  # unknown kinds (newer minor versions) are skipped
@@ -73,7 +77,7 @@ class Decoder:
     def decode_packets(self, packets: Iterable[Packet]) -> Iterator[np.ndarray]:
         """Every frame of a packet sequence, in order (what `decode` gives packet by packet).
 
-        A generator with `render_many` (the int8 / csim / board runtimes) gets the MOTION
+        A generator with `render_many` (the int8 / csim / board runtimes) gets the motion
         frames after each key frame in runs of up to RUN_FRAMES, so its co-processor
         schedule overlaps the ARM-side work of one frame with the engines of the next.
         A run also ends at a LOWPASS update, which holds from its frame on.
@@ -85,14 +89,14 @@ class Decoder:
             return
         run: list[np.ndarray] = []
         for packet in packets:
-            if packet.kind == PacketKind.MOTION:
-                run.append(self._motion(packet))
+            if packet.kind in MOTION_KINDS:
+                run += self._motion(packet)
                 if len(run) < RUN_FRAMES:
                     continue
             if run:  # before a key frame or update changes what these frames get
                 yield from map(self.lowpass.apply, render_many(run))
                 run = []
-            if packet.kind != PacketKind.MOTION:
+            if packet.kind not in MOTION_KINDS:
                 yield from self.decode(packet)
         if run:
             yield from map(self.lowpass.apply, render_many(run))
@@ -117,19 +121,27 @@ class Decoder:
         self.next_pts = packet.pts + 1
         return image
 
-    def _motion(self, packet: Packet) -> np.ndarray:
-        """Decodes a MOTION packet's motion points: float32 (68, 2), or (72, 2) with the
-        camera's (`codec.motion`); generators take either."""
+    def _motion(self, packet: Packet) -> list[np.ndarray]:
+        """Decodes a MOTION or MOTION_GROUP packet's frames, each frame's motion points
+        float32 (68, 2), or (72, 2) with the camera's (`codec.motion`); generators take
+        either."""
         if self.needs_keyframe:
-            raise BitstreamError(f"MOTION at pts {packet.pts} without a preceding key frame")
-        self._check_pts(packet.pts, keyframe=False)
+            raise BitstreamError(f"motion at pts {packet.pts} without a preceding key frame")
         try:
-            landmarks = self.motion.inter(packet.payload)
+            chunks = motion_chunks(packet)
         except GraceError:
             self.needs_keyframe = True
             raise
-        self.next_pts = packet.pts + 1
-        return landmarks
+        frames = []
+        for pts, words in chunks:
+            self._check_pts(pts, keyframe=False)
+            try:
+                frames.append(self.motion.inter(words))
+            except GraceError:
+                self.needs_keyframe = True
+                raise
+            self.next_pts = pts + 1
+        return frames
 
     def _lowpass(self, packet: Packet) -> None:
         """A low-pass residual update for the frame about to come (codec.lowpass)."""

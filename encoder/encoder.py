@@ -8,6 +8,8 @@
     for packet in enc.flush():
         writer.write(packet)
 
+Motion goes out a packet a frame, or `motion_group` frames a packet (files).
+
 Key frames: the first frame, every crop re-centre, every `keyframe_interval` frames
 (0: never for that reason) and on `request_keyframe()` (a receiver's request).
 """
@@ -20,7 +22,7 @@ from fractions import Fraction
 import numpy as np
 
 from codec import binary
-from codec.bitstream import Header, Packet, PacketKind
+from codec.bitstream import MAX_GROUP_FRAMES, Header, Packet, PacketKind, group_motion
 from codec.keyframe import IMAGE_CODEC_NAMES, decode_image, encode_image
 from codec.lowpass import DEFAULT_MIN_GAIN, LowpassResidual, LowpassUpdate
 from codec.motion import MotionConfig, MotionEncoder, default_shape_model
@@ -45,6 +47,9 @@ class EncoderConfig:
     # kbit it costs (packet framing included); 0: every update that changes something.
     lowpass_min_gain: float = DEFAULT_MIN_GAIN
     lowpass_steps: tuple[int, int] = (12, 8)  # luma, chroma quantiser steps (8-bit levels)
+    # Frames of motion per packet: 1 sends each frame as it is ready (a live call); a file
+    # groups them (codec.bitstream.FILE_MOTION_GROUP) and pays the packet framing once a group.
+    motion_group: int = 1
 
 
 class Encoder:
@@ -58,6 +63,10 @@ class Encoder:
     ):
         if config.key_codec not in IMAGE_CODEC_NAMES:
             raise ValueError(f"unknown key-frame codec {config.key_codec!r}")
+        if not 1 <= config.motion_group <= MAX_GROUP_FRAMES:
+            raise ValueError(
+                f"motion group of {config.motion_group} frames out of 1..{MAX_GROUP_FRAMES}"
+            )
         self.config = config
         self.pipeline = FacePipeline(float(fps), width, height, config.pipeline)
         shape_model = default_shape_model()
@@ -79,6 +88,7 @@ class Encoder:
         )
         self._renderer = None  # the stream's generator, made at the first key frame
         self._lowpass_updates: dict[int, bytes] = {}  # pts -> LOWPASS payload to send
+        self._group: list[tuple[int, bytes]] = []  # motion chunks not yet in a packet
         self._since_key = 0
         self._key_requested = False
         self._started = False
@@ -97,7 +107,7 @@ class Encoder:
     def flush(self) -> list[Packet]:
         """Ends the stream: returns the held-back packets. Raises InputError without a face."""
         self.pipeline.finish()
-        return self._motion_packets(self.motion.seal())
+        return self._motion_packets(self.motion.seal(), sealed=True)
 
     def _code(self, face: FaceFrame) -> list[Packet]:
         interval = self.config.keyframe_interval
@@ -108,7 +118,7 @@ class Encoder:
             or (interval > 0 and self._since_key >= interval)
         )
         if key:
-            packets = self._motion_packets(self.motion.seal())
+            packets = self._motion_packets(self.motion.seal(), sealed=True)
             crop = face.crop()
             if self.camera is not None:
                 self.camera.start(crop, face.landmarks)
@@ -151,13 +161,25 @@ class Encoder:
             self._renderer = make_generator(backend, self.config.model_id, self.config.model_digest)
         return self._renderer
 
-    def _motion_packets(self, chunks: list[tuple[int, bytes]]) -> list[Packet]:
-        """MOTION packets, each frame's LOWPASS update just before it (the receiver then
-        applies it from that frame on)."""
+    def _motion_packets(
+        self, chunks: list[tuple[int, bytes]], sealed: bool = False
+    ) -> list[Packet]:
+        """MOTION / MOTION_GROUP packets of up to `motion_group` frames, each LOWPASS update
+        just before the packet its frame starts (the receiver applies it from that frame
+        on). sealed: the segment ends, so the last group goes out however short."""
         packets = []
         for pts, data in chunks:
             update = self._lowpass_updates.pop(pts, None)
             if update is not None:
+                packets += self._close_group()
                 packets.append(Packet(PacketKind.LOWPASS, pts, update))
-            packets.append(Packet(PacketKind.MOTION, pts, data))
+            self._group.append((pts, data))
+            if len(self._group) >= self.config.motion_group:
+                packets += self._close_group()
+        if sealed:
+            packets += self._close_group()
         return packets
+
+    def _close_group(self) -> list[Packet]:
+        group, self._group = self._group, []
+        return [group_motion(group)] if group else []

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codec.bitstream import AgcReader, PacketKind
+from codec.bitstream import MOTION_KINDS, AgcReader, PacketKind, motion_chunks
 from codec.cli import main
 from codec.decoder import Decoder
 from codec.video import VideoWriter, probe_video, read_frames
@@ -86,9 +86,38 @@ def test_decoded_video_follows_the_source(example_clip, encoded, tmp_path):
 def test_info_reports_rate_breakdown(encoded, capsys):
     assert main(["info", str(encoded)]) == 0
     out = capsys.readouterr().out
-    assert "KEYFRAME" in out and "MOTION" in out
+    assert "KEYFRAME" in out and "MOTION_GROUP" in out
     assert re.search(r"motion\s+\d+\s+[\d.]+", out)
     assert re.search(r"total\s+\d+\s+[\d.]+", out)
+
+
+def test_motion_groups_cut_the_framing_not_the_frames(example_clip, encoded, tmp_path, capsys):
+    """A file groups 25 frames of motion a packet: the same motion words and decoded
+    frames as a packet a frame (what a live call sends), minus 7-8 bytes a frame."""
+    single = tmp_path / "single.agc"
+    assert main(["encode", str(example_clip), str(single), "-q", "--motion-group", "1"]) == 0
+
+    def read(path):
+        with open(path, "rb") as f:
+            reader = AgcReader(f)
+            dec = Decoder(reader.header, "warp")
+            packets = list(reader)
+            return packets, [fr for p in packets for fr in dec.decode(p)]
+
+    (grouped, frames), (singles, want) = read(encoded), read(single)
+    assert PacketKind.MOTION_GROUP not in [p.kind for p in singles]
+    groups = [p for p in grouped if p.kind == PacketKind.MOTION_GROUP]
+    assert groups and all(len(motion_chunks(p)) <= 25 for p in groups)
+    words = [b"".join(w for p in ps if p.kind in MOTION_KINDS for _, w in motion_chunks(p))
+             for ps in (grouped, singles)]  # fmt: skip
+    assert words[0] == words[1]
+    assert len(frames) == len(want)
+    for a, b in zip(frames, want):
+        np.testing.assert_array_equal(a, b)
+    saved = single.stat().st_size - encoded.stat().st_size
+    assert 6 * (len(want) - len(grouped)) <= saved <= 9 * (len(want) - len(grouped))
+    run_fails(["encode", str(example_clip), str(tmp_path / "x.agc"), "--motion-group", "0"],
+              capsys, code=2)  # fmt: skip
 
 
 def test_mp4_output_and_options(example_clip, tmp_path):
@@ -109,8 +138,10 @@ def test_mp4_output_and_options(example_clip, tmp_path):
     ]
     assert main(argv) == 0
     with open(agc, "rb") as f:
-        kinds = [p.kind for p in AgcReader(f)]
-    assert len(kinds) == 15 and kinds.count(PacketKind.KEYFRAME) == 2
+        packets = list(AgcReader(f))
+    kinds = [p.kind for p in packets]
+    motion_frames = sum(len(motion_chunks(p)) for p in packets if p.kind in MOTION_KINDS)
+    assert kinds.count(PacketKind.KEYFRAME) == 2 and motion_frames == 13
     mp4 = tmp_path / "a.mp4"
     assert main(["decode", str(agc), str(mp4), "--quiet"]) == 0
     assert probe_video(mp4).frame_count == 15
@@ -357,6 +388,7 @@ def test_board_backends_decode_through_the_overlapped_schedule(example_clip, tmp
         packets = list(reader)
         want = [fr for p in packets for fr in serial.decode(p)]
     assert PacketKind.LOWPASS in [p.kind for p in packets]  # runs end at an update too
+    assert PacketKind.MOTION_GROUP in [p.kind for p in packets]  # several frames a packet
     assert hasattr(make_generator("csim", "grace-s"), "render_many")
     for backend in ("csim", "pynq-sim"):
         out = tmp_path / f"{backend}.mkv"

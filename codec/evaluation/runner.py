@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..benchmarks import Clip
+from ..bitstream import FILE_MOTION_GROUP
 from ..errors import GraceError, InputError
 from ..lowpass import DEFAULT_MIN_GAIN
 from .anchors import ANCHOR_CODECS, DEFAULT_QPS, QUICK_QPS
@@ -78,6 +79,7 @@ class EvalConfig:
     camera_motion: bool = True  # gracecodec streams carry the camera's motion
     lowpass_interval: int = 0  # gracecodec streams' low-pass residual updates (0: none)
     lowpass_min_gain: float = DEFAULT_MIN_GAIN  # dB per kbit an update must gain (EncoderConfig)
+    motion_group: int = FILE_MOTION_GROUP  # gracecodec streams' frames per motion packet
 
 
 QUICK = EvalConfig(
@@ -212,7 +214,7 @@ class _Coded:
 def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
     from encoder.encoder import Encoder, EncoderConfig
 
-    from ..bitstream import AgcReader, AgcWriter, PacketKind
+    from ..bitstream import MOTION_KINDS, AgcReader, AgcWriter, PacketKind, motion_chunks
     from ..decoder import Decoder
     from ..generators import MODEL_BACKENDS, default_model
     from ..motion import MotionConfig
@@ -230,6 +232,7 @@ def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
         model_digest=default_digest if model == default_id else b"",
         lowpass_interval=config.lowpass_interval,
         lowpass_min_gain=config.lowpass_min_gain,
+        motion_group=config.motion_group,
     )
     enc = Encoder(enc_config, clip.fps, size, size, frame_count=len(clip.faces))  # as encode's
     enc.pipeline = _Replay()
@@ -240,7 +243,10 @@ def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
     for packets in [enc.encode(face) for face in clip.faces] + [enc.flush()]:
         for p in packets:
             writer.write(p)
-            payload += len(p.payload)
+            if p.kind in MOTION_KINDS:  # a MOTION_GROUP's frame count is framing
+                payload += sum(len(words) for _, words in motion_chunks(p))
+            else:
+                payload += len(p.payload)
             keyframes += p.kind == PacketKind.KEYFRAME
     writer.close()
     encode_seconds = clip.pipeline_seconds + time.perf_counter() - start
@@ -251,9 +257,9 @@ def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
     frames, pts = [], []
     start = time.perf_counter()
     for packet in reader:
-        for frame in decoder.decode(packet):
+        for i, frame in enumerate(decoder.decode(packet)):  # a MOTION_GROUP: several
             frames.append(frame)
-            pts.append(packet.pts)
+            pts.append(packet.pts + i)
     decode_seconds = time.perf_counter() - start
     if pts != list(range(len(clip.faces))):
         raise GraceError(
@@ -445,6 +451,8 @@ def default_command(
         argv += ["--lowpass-interval", str(config.lowpass_interval)]
     if config.lowpass_min_gain != base.lowpass_min_gain:
         argv += ["--lowpass-min-gain", f"{config.lowpass_min_gain:g}"]
+    if config.motion_group != base.motion_group:
+        argv += ["--motion-group", str(config.motion_group)]
     return shlex.join(argv)
 
 

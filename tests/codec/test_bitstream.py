@@ -14,6 +14,7 @@ from codec.bitstream import (
     MAGIC,
     MAX_DIMENSION,
     MAX_FPS_TERM,
+    MAX_GROUP_FRAMES,
     MAX_HEADER_BYTES,
     MAX_ID_BYTES,
     MAX_PAYLOAD_BYTES,
@@ -26,6 +27,8 @@ from codec.bitstream import (
     LandmarkScheme,
     Packet,
     PacketKind,
+    group_motion,
+    motion_chunks,
     read_packet,
 )
 from codec.errors import BitstreamError, GraceError, TruncatedError, UnsupportedVersionError
@@ -49,7 +52,7 @@ PACKETS = [
 # HEADER + PACKETS + END, as written by AgcWriter. Changing these bytes changes the format:
 # bump the version and update docs/bitstream.md (its worked example is this stream).
 GOLDEN_HEX = (
-    "4147431a" "01" "01" "17"  # magic "AGC\x1a", version 1.1, header length 23
+    "4147431a" "02" "00" "17"  # magic "AGC\x1a", version 2.0, header length 23
     "4000" "3000" "19" "01" "02"  # width 64, height 48, fps 25/1, frame_count 2
     "07" "67726163652d73"  # model_id "grace-s"
     "04" "a1b2c3d4"  # model_digest
@@ -118,7 +121,7 @@ def test_golden_bytes() -> None:
 def test_golden_header_crc_covers_body_only() -> None:
     body = header_body(HEADER)
     assert len(body) == 0x17
-    assert GOLDEN[: GOLDEN_HEADER_LEN - 4] == MAGIC + b"\x01\x01\x17" + body
+    assert GOLDEN[: GOLDEN_HEADER_LEN - 4] == MAGIC + b"\x02\x00\x17" + body
     assert GOLDEN[GOLDEN_HEADER_LEN - 4 : GOLDEN_HEADER_LEN] == binary.u32(binary.crc32(body))
 
 
@@ -333,12 +336,19 @@ def test_wrong_magic(magic: bytes) -> None:
     assert not isinstance(exc.value, TruncatedError)
 
 
-@pytest.mark.parametrize("major", [0, 2, 255])
+@pytest.mark.parametrize("major", [0, 3, 255])
 def test_other_major_version_refused(major: int) -> None:
     data = bytearray(GOLDEN)
     data[4] = major
-    with pytest.raises(UnsupportedVersionError, match=f"version {major}.1 is not supported"):
+    with pytest.raises(UnsupportedVersionError, match=f"version {major}.0 is not supported"):
         read_stream(bytes(data))
+
+
+def test_version_1_streams_still_read() -> None:
+    """2.0 only added MOTION_GROUP: a 1.1 file (no groups) reads as it always did."""
+    data = bytearray(GOLDEN)
+    data[4:6] = b"\x01\x01"  # the version bytes are outside the header CRC
+    assert read_stream(bytes(data)) == (HEADER, PACKETS)
 
 
 def test_minor_version_bump_with_trailing_header_fields_reads() -> None:
@@ -506,3 +516,45 @@ def test_end_pts_and_bytes_after_count_are_ignored() -> None:
     body = HEADER.to_bytes() + b"".join(p.to_bytes() for p in PACKETS)
     end = Packet(PacketKind.END, 7, binary.varint(2) + b"reserved").to_bytes()
     assert read_stream(body + end) == (HEADER, PACKETS)
+
+
+# --- MOTION_GROUP ------------------------------------------------------------------------------
+
+
+def test_motion_group_packs_consecutive_frames_once() -> None:
+    chunks = [(7, b"\x01\x02\x03\x04"), (8, b""), (9, b"\x05\x06\x07\x08" * 2)]
+    packet = group_motion(chunks)
+    assert packet == Packet(
+        PacketKind.MOTION_GROUP, 7, b"\x03" + b"\x01\x02\x03\x04" + b"\x05\x06\x07\x08" * 2
+    )
+    # The words all come with the first frame: the motion decoder keeps what it has not used.
+    assert motion_chunks(packet) == [(7, packet.payload[1:]), (8, b""), (9, b"")]
+    single = group_motion(chunks[:1])
+    assert single == Packet(PacketKind.MOTION, 7, chunks[0][1])  # one frame: a MOTION packet
+    assert motion_chunks(single) == chunks[:1]
+
+
+def test_motion_group_writer_checks() -> None:
+    with pytest.raises(ValueError, match="consecutive"):
+        group_motion([(1, b""), (3, b"")])
+    with pytest.raises(ValueError, match="holds"):
+        group_motion([])
+    with pytest.raises(ValueError, match="holds"):
+        group_motion([(i, b"") for i in range(MAX_GROUP_FRAMES + 1)])
+    with pytest.raises(ValueError, match="no motion"):
+        motion_chunks(Packet(PacketKind.KEYFRAME, 0, b""))
+
+
+@pytest.mark.parametrize(
+    "pts, payload",
+    [
+        (0, b""),  # no frame count
+        (0, b"\x00"),  # zero frames
+        (0, b"\x80"),  # a varint cut short
+        (0, binary.varint(MAX_GROUP_FRAMES + 1)),  # more frames than a group may hold
+        (MAX_PTS, b"\x02"),  # its last frame past MAX_PTS
+    ],
+)
+def test_malformed_motion_group_is_a_stream_error(pts: int, payload: bytes) -> None:
+    with pytest.raises(BitstreamError, match="MOTION_GROUP"):
+        motion_chunks(Packet(PacketKind.MOTION_GROUP, pts, payload))
