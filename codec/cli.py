@@ -42,6 +42,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         lowpass_interval=args.lowpass_interval,
         lowpass_min_gain=args.lowpass_min_gain,
         motion_group=args.motion_group,
+        refresh_drop_db=args.refresh_drop,
         model=args.model,
         progress=lambda it, total: _progress(it, args.quiet, total, "encode"),
     )
@@ -177,6 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         lowpass_interval=args.lowpass_interval,
         lowpass_min_gain=args.lowpass_min_gain,
         motion_group=args.motion_group,
+        refresh_drop_db=args.refresh_drop,
     )
     result = run_eval(
         find_clips(args.clips, split),
@@ -253,6 +255,52 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sender_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """How the sender codes the stream: encode's options, which eval's gracecodec streams
+    take too (their help starting with `prefix`)."""
+    p.add_argument(
+        "--no-camera-motion",
+        action="store_true",
+        help=prefix + "do not track and send the camera's motion (a still camera: the background "
+        "stays where the key frame has it)",
+    )
+    p.add_argument(
+        "--lowpass-interval",
+        type=_int_range(0, 10000),
+        default=0,
+        metavar="N",
+        help=prefix + "frames between low-pass residual updates, which put back the coarse shading "
+        "the generator misses (e.g. 5: +1 dB PSNR for +0.7 kbit/s; default 0: none)",
+    )
+    p.add_argument(
+        "--lowpass-min-gain",
+        type=_float_range(0, 100),
+        default=LOWPASS_MIN_GAIN,
+        metavar="DB",
+        help=prefix + "send a low-pass update only where it gains at least DB dB of PSNR on its "
+        f"frame per kbit it costs (default {LOWPASS_MIN_GAIN:g}; 0: every update)",
+    )
+    p.add_argument(
+        "--motion-group",
+        type=_int_range(1, MAX_GROUP_FRAMES),
+        default=FILE_MOTION_GROUP,
+        metavar="N",
+        help=prefix
+        + f"frames of motion per packet (default {FILE_MOTION_GROUP}: the packet framing, "
+        "8 bytes, is paid once a group; 1: a packet a frame, as a live call sends)",
+    )
+    p.add_argument(
+        "--refresh-drop",
+        type=_float_range(0, 100),
+        default=0.0,
+        metavar="DB",
+        help=prefix
+        + "send a new key frame where the frame the receiver shows (rendered here every "
+        "5th frame) falls DB dB of PSNR below the best since the last key frame, 25 frames "
+        "after it at the earliest (e.g. 6; default 0: never)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -313,36 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PX",
         help="motion quantisation step in crop px (default: the coder's)",
     )
-    e.add_argument(
-        "--no-camera-motion",
-        action="store_true",
-        help="do not track and send the camera's motion (a still camera: the background "
-        "stays where the key frame has it)",
-    )
-    e.add_argument(
-        "--lowpass-interval",
-        type=_int_range(0, 10000),
-        default=0,
-        metavar="N",
-        help="frames between low-pass residual updates, which put back the coarse shading "
-        "the generator misses (e.g. 5: +1 dB PSNR for +0.7 kbit/s; default 0: none)",
-    )
-    e.add_argument(
-        "--lowpass-min-gain",
-        type=_float_range(0, 100),
-        default=LOWPASS_MIN_GAIN,
-        metavar="DB",
-        help="send a low-pass update only where it gains at least DB dB of PSNR on its "
-        f"frame per kbit it costs (default {LOWPASS_MIN_GAIN:g}; 0: every update)",
-    )
-    e.add_argument(
-        "--motion-group",
-        type=_int_range(1, MAX_GROUP_FRAMES),
-        default=FILE_MOTION_GROUP,
-        metavar="N",
-        help=f"frames of motion per packet (default {FILE_MOTION_GROUP}: the packet framing, "
-        "8 bytes, is paid once a group; 1: a packet a frame, as a live call sends)",
-    )
+    _add_sender_options(e)
     e.add_argument(
         "--model",
         choices=["warp", "grace-s"],
@@ -468,33 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="gracecodec generator backends to run (default: warp torch; csim is the int8 "
         "arithmetic at C speed)",
     )
-    v.add_argument(
-        "--no-camera-motion",
-        action="store_true",
-        help="gracecodec streams without the camera's motion (as encode --no-camera-motion)",
-    )
-    v.add_argument(
-        "--lowpass-interval",
-        type=_int_range(0, 10000),
-        default=0,
-        metavar="N",
-        help="gracecodec streams' low-pass residual interval (as encode; default 0: none)",
-    )
-    v.add_argument(
-        "--lowpass-min-gain",
-        type=_float_range(0, 100),
-        default=LOWPASS_MIN_GAIN,
-        metavar="DB",
-        help=f"the low-pass updates' gain per kbit (as encode; default {LOWPASS_MIN_GAIN:g})",
-    )
-    v.add_argument(
-        "--motion-group",
-        type=_int_range(1, MAX_GROUP_FRAMES),
-        default=FILE_MOTION_GROUP,
-        metavar="N",
-        help=f"gracecodec streams' frames of motion per packet (as encode; default "
-        f"{FILE_MOTION_GROUP})",
-    )
+    _add_sender_options(v, "gracecodec streams: ")
 
     bc = add("bench", cmd_bench, "encode and decode clips of ../shared/data: rate and speed table")
     bc.add_argument("--data", default=default_data, help="data folder with manifest.csv")

@@ -35,6 +35,7 @@ def _no_progress(it: Iterable, total: int | None) -> Iterable:
 class EncodeStats:
     frames: int = 0
     keyframes: int = 0
+    refreshes: int = 0  # key frames sent because the rendered quality dropped
     lost_frames: int = 0
     bytes_total: int = 0
     seconds: float = 0.0
@@ -44,8 +45,9 @@ class EncodeStats:
         duration = self.frames / self.fps if self.frames else 1
         kbps = self.bytes_total * 8 / float(duration) / 1000
         speed = self.frames / self.seconds if self.seconds else 0.0
+        refreshes = f" ({self.refreshes} quality refreshes)" if self.refreshes else ""
         return (
-            f"encoded {self.frames} frames ({self.keyframes} key frames, "
+            f"encoded {self.frames} frames ({self.keyframes} key frames{refreshes}, "
             f"{self.lost_frames} without a detected face) into {self.bytes_total} bytes, "
             f"{kbps:.2f} kbit/s, {speed:.1f} frames/s"
         )
@@ -84,6 +86,7 @@ def encode_file(
     lowpass_interval: int = 0,
     lowpass_min_gain: float = DEFAULT_MIN_GAIN,
     motion_group: int = FILE_MOTION_GROUP,
+    refresh_drop_db: float = 0.0,
     model: str | None = None,
     progress: Progress = _no_progress,
 ) -> EncodeStats:
@@ -111,6 +114,7 @@ def encode_file(
         lowpass_interval=lowpass_interval,
         lowpass_min_gain=lowpass_min_gain,
         motion_group=motion_group,
+        refresh_drop_db=refresh_drop_db,
     )
     enc = Encoder(config, info.fps, info.width, info.height)
     stats = EncodeStats(fps=info.fps)
@@ -139,6 +143,7 @@ def encode_file(
     stats.bytes_total = len(header) + len(body)
     stats.seconds = time.perf_counter() - start
     stats.lost_frames = enc.pipeline.lost_frames
+    stats.refreshes = enc.refreshes
     return stats
 
 

@@ -50,6 +50,13 @@ class EncoderConfig:
     # Frames of motion per packet: 1 sends each frame as it is ready (a live call); a file
     # groups them (codec.bitstream.FILE_MOTION_GROUP) and pays the packet framing once a group.
     motion_group: int = 1
+    # Closed-loop key-frame refresh: every `refresh_interval` frames the sender renders the
+    # frame as the receiver will show it; once its PSNR falls `refresh_drop_db` dB below the
+    # best check of the segment, and at least `refresh_min_gap` frames after the key frame,
+    # the next frame is a key frame. 0: off (the key frame holds until a re-centre).
+    refresh_drop_db: float = 0.0
+    refresh_interval: int = 5
+    refresh_min_gap: int = 25
 
 
 class Encoder:
@@ -87,10 +94,14 @@ class Encoder:
             LowpassResidual(size, *config.lowpass_steps) if config.lowpass_interval > 0 else None
         )
         self._renderer = None  # the stream's generator, made at the first key frame
+        self._renders = self.lowpass is not None or config.refresh_drop_db > 0
+        self._best_psnr = -np.inf  # the segment's best refresh check
+        self.refreshes = 0  # key frames sent because the rendered quality dropped
         self._lowpass_updates: dict[int, bytes] = {}  # pts -> LOWPASS payload to send
         self._group: list[tuple[int, bytes]] = []  # motion chunks not yet in a packet
         self._since_key = 0
         self._key_requested = False
+        self._refresh_due = False  # the key frame asked for is a quality refresh
         self._started = False
 
     def request_keyframe(self) -> None:
@@ -125,28 +136,51 @@ class Encoder:
             lm_bytes, decoded_points = self.motion.intra(face.landmarks, face.index)
             image = encode_image(crop, self._codec, self.config.key_quality)
             payload = binary.u8(self._codec) + binary.length_prefixed(lm_bytes) + image
-            if self.lowpass is not None:
+            if self._renders:
                 size = self.header.width
                 self._sender_renderer().set_reference(
                     decode_image(image, self._codec, size, size), decoded_points
                 )
+            if self.lowpass is not None:
                 self.lowpass.reset()
+            self.refreshes += self._refresh_due
             packets.append(Packet(PacketKind.KEYFRAME, face.index, payload))
             self._started, self._key_requested, self._since_key = True, False, 1
+            self._refresh_due, self._best_psnr = False, -np.inf
         else:
             points = face.landmarks
             if self.camera is not None:
                 points = self.camera.motion_points(face.crop(), face.landmarks, key=False)
             decoded_points, ready = self.motion.inter(points)
-            interval = self.config.lowpass_interval
-            if self.lowpass is not None and self._since_key % interval == 0:
-                update = self.lowpass.propose(face.crop(), self._renderer.render(decoded_points))
+            lowpass = (
+                self.lowpass is not None and self._since_key % self.config.lowpass_interval == 0
+            )
+            refresh = self.config.refresh_drop_db > 0
+            refresh = refresh and self._since_key % self.config.refresh_interval == 0
+            if lowpass or refresh:
+                rendered = self._renderer.render(decoded_points)
+            if lowpass:
+                update = self.lowpass.propose(face.crop(), rendered)
                 if update is not None and self._worth_sending(update, face.index):
                     self.lowpass.commit(update)
                     self._lowpass_updates[face.index] = update.payload
+            if refresh:
+                self._check_quality(face.crop(), rendered)
             packets = self._motion_packets(ready)
             self._since_key += 1
         return packets
+
+    def _check_quality(self, crop: np.ndarray, rendered: np.ndarray) -> None:
+        """Asks for a key frame next where the frame the receiver shows has fallen too far
+        below the segment's best (the frame is already coded: the refresh is the next)."""
+        from codec.evaluation.metrics import psnr
+
+        shown = self.lowpass.apply(rendered) if self.lowpass is not None else rendered
+        quality = psnr(crop, shown)
+        self._best_psnr = max(self._best_psnr, quality)
+        if self._since_key >= self.config.refresh_min_gap:
+            if quality < self._best_psnr - self.config.refresh_drop_db:
+                self._key_requested = self._refresh_due = True
 
     def _worth_sending(self, update: LowpassUpdate, pts: int) -> bool:
         min_gain = self.config.lowpass_min_gain

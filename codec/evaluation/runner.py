@@ -80,6 +80,7 @@ class EvalConfig:
     lowpass_interval: int = 0  # gracecodec streams' low-pass residual updates (0: none)
     lowpass_min_gain: float = DEFAULT_MIN_GAIN  # dB per kbit an update must gain (EncoderConfig)
     motion_group: int = FILE_MOTION_GROUP  # gracecodec streams' frames per motion packet
+    refresh_drop_db: float = 0.0  # closed-loop key-frame refresh (EncoderConfig); 0: off
 
 
 QUICK = EvalConfig(
@@ -233,6 +234,7 @@ def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
         lowpass_interval=config.lowpass_interval,
         lowpass_min_gain=config.lowpass_min_gain,
         motion_group=config.motion_group,
+        refresh_drop_db=config.refresh_drop_db,
     )
     enc = Encoder(enc_config, clip.fps, size, size, frame_count=len(clip.faces))  # as encode's
     enc.pipeline = _Replay()
@@ -453,6 +455,8 @@ def default_command(
         argv += ["--lowpass-min-gain", f"{config.lowpass_min_gain:g}"]
     if config.motion_group != base.motion_group:
         argv += ["--motion-group", str(config.motion_group)]
+    if config.refresh_drop_db != base.refresh_drop_db:
+        argv += ["--refresh-drop", f"{config.refresh_drop_db:g}"]
     return shlex.join(argv)
 
 
