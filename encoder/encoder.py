@@ -44,7 +44,8 @@ class EncoderConfig:
     # renders the frame with that generator here, as the receiver will.
     lowpass_interval: int = 0
     # An update is sent only where it gains at least this many dB of PSNR on its frame per
-    # kbit it costs (packet framing included); 0: every update that changes something.
+    # kbit it costs (packet framing included, and the motion group it cuts in two);
+    # 0: every update that changes something.
     lowpass_min_gain: float = DEFAULT_MIN_GAIN
     lowpass_steps: tuple[int, int] = (12, 8)  # luma, chroma quantiser steps (8-bit levels)
     # Frames of motion per packet: 1 sends each frame as it is ready (a live call); a file
@@ -184,7 +185,10 @@ class Encoder:
 
     def _worth_sending(self, update: LowpassUpdate, pts: int) -> bool:
         min_gain = self.config.lowpass_min_gain
-        bits = 8 * len(Packet(PacketKind.LOWPASS, pts, update.payload).to_bytes())
+        nbytes = len(Packet(PacketKind.LOWPASS, pts, update.payload).to_bytes())
+        if self.config.motion_group > 1:  # the update also cuts a motion group in two
+            nbytes += len(Packet(PacketKind.MOTION_GROUP, pts, b"\x02").to_bytes())
+        bits = 8 * nbytes
         return min_gain <= 0 or update.gain_db >= min_gain * bits / 1000
 
     def _sender_renderer(self):

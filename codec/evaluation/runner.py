@@ -740,9 +740,16 @@ def _markdown(result: dict, plots: list[str], strip: bool) -> str:
         f"preset {result['config']['preset']}, low delay (one I-frame, P-frames only, no "
         "B-frames, no scene-cut I-frames, no lookahead), constant QP, one thread; their rate "
         "excludes the encoders' informational SEI. gracecodec: rate = the whole .agc stream "
-        "(payload = key-frame + motion payloads only); `kq` key-frame quality, `ki` forced "
-        "key-frame interval (0: only at the start and at crop re-centres). Encode speed includes "
-        "face tracking. Speeds are wall time on this machine, single process.",
+        "(payload = the key-frame, motion and low-pass payloads, without framing; motion "
+        f"{result['config'].get('motion_group', 1)} frames a packet"
+        + (
+            f"; key-frame refresh at a {result['config']['refresh_drop_db']:g} dB drop"
+            if result["config"].get("refresh_drop_db")
+            else ""
+        )
+        + "); `kq` key-frame quality, `ki` forced key-frame interval (0: only at the start "
+        "and at crop re-centres). Encode speed includes face tracking. Speeds are wall time "
+        "on this machine, single process.",
         "",
         "## Mean over clips",
         "",
