@@ -534,6 +534,14 @@ def test_motion_group_packs_consecutive_frames_once() -> None:
     assert motion_chunks(single) == chunks[:1]
 
 
+def test_motion_group_golden_bytes() -> None:
+    """The MOTION_GROUP example of docs/bitstream.md, "Worked example"."""
+    chunks = [(2, bytes.fromhex("11223344")), (3, b""), (4, bytes.fromhex("55667788"))]
+    data = group_motion(chunks).to_bytes()
+    assert data == bytes.fromhex("050209" "03" "1122334455667788" "1a21b88a")  # fmt: skip
+    assert sum(len(Packet(PacketKind.MOTION, pts, w).to_bytes()) for pts, w in chunks) == 29
+
+
 def test_motion_group_writer_checks() -> None:
     with pytest.raises(ValueError, match="consecutive"):
         group_motion([(1, b""), (3, b"")])
