@@ -222,6 +222,14 @@ def motion_chunks(packet: Packet) -> list[tuple[int, bytes]]:
     return [(packet.pts, words)] + [(packet.pts + i, b"") for i in range(1, n)]
 
 
+def coded_bytes(packet: Packet) -> int:
+    """The packet's coded data as rates count it: its payload, less a MOTION_GROUP's
+    frame count (framing, like the packet header)."""
+    if packet.kind in MOTION_KINDS:
+        return sum(len(words) for _, words in motion_chunks(packet))
+    return len(packet.payload)
+
+
 class AgcWriter:
     """Writes a header, then packets, then (on close) the END packet."""
 

@@ -18,6 +18,7 @@ from .bitstream import (
     Header,
     Packet,
     PacketKind,
+    coded_bytes,
     motion_chunks,
 )
 from .errors import BitstreamError, GraceError, InputError
@@ -277,12 +278,8 @@ def stream_info(path) -> StreamInfo:
         reader = AgcReader(f)
         for p in reader:
             packets[p.kind] += 1
-            if p.kind in MOTION_KINDS:
-                chunks = motion_chunks(p)
-                motion_frames += len(chunks)
-                payload[p.kind] += sum(len(words) for _, words in chunks)
-            else:
-                payload[p.kind] += len(p.payload)
+            payload[p.kind] += coded_bytes(p)
+            motion_frames += len(motion_chunks(p)) if p.kind in MOTION_KINDS else 0
             if p.kind == PacketKind.KEYFRAME and p.payload:
                 try:
                     codecs[ImageCodec(p.payload[0]).name] += 1

@@ -215,7 +215,7 @@ class _Coded:
 def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
     from encoder.encoder import Encoder, EncoderConfig
 
-    from ..bitstream import MOTION_KINDS, AgcReader, AgcWriter, PacketKind, motion_chunks
+    from ..bitstream import AgcReader, AgcWriter, PacketKind, coded_bytes
     from ..decoder import Decoder
     from ..generators import MODEL_BACKENDS, default_model
     from ..motion import MotionConfig
@@ -245,10 +245,7 @@ def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
     for packets in [enc.encode(face) for face in clip.faces] + [enc.flush()]:
         for p in packets:
             writer.write(p)
-            if p.kind in MOTION_KINDS:  # a MOTION_GROUP's frame count is framing
-                payload += sum(len(words) for _, words in motion_chunks(p))
-            else:
-                payload += len(p.payload)
+            payload += coded_bytes(p)
             keyframes += p.kind == PacketKind.KEYFRAME
     writer.close()
     encode_seconds = clip.pipeline_seconds + time.perf_counter() - start
