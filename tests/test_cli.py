@@ -236,6 +236,29 @@ def test_several_faces_takes_the_largest(example_clip, tmp_path):
     assert len({(b.x0, b.y0, b.side) for b in boxes}) == 1  # consistently, no jitter
 
 
+def test_malformed_motion_group(encoded, tmp_path, capsys):
+    """A MOTION_GROUP whose CRC is right but whose frame count is not: one line, no file."""
+    import io
+
+    from codec.bitstream import AgcWriter, Packet
+
+    with open(encoded, "rb") as f:
+        reader = AgcReader(f)
+        header, packets = reader.header, list(reader)
+    i = next(i for i, p in enumerate(packets) if p.kind == PacketKind.MOTION_GROUP)
+    packets[i] = Packet(PacketKind.MOTION_GROUP, packets[i].pts, b"\x00")  # no frames
+    buf = io.BytesIO()
+    writer = AgcWriter(buf, header)
+    for p in packets:
+        writer.write(p)
+    writer.close()
+    bad = tmp_path / "group.agc"
+    bad.write_bytes(buf.getvalue())
+    line = run_fails(["decode", str(bad), str(tmp_path / "o.mkv")], capsys)
+    assert "MOTION_GROUP" in line and not (tmp_path / "o.mkv").exists()
+    assert "MOTION_GROUP" in run_fails(["info", str(bad)], capsys)
+
+
 def test_truncated_stream(encoded, tmp_path, capsys):
     data = encoded.read_bytes()
     cut = tmp_path / "cut.agc"
