@@ -75,6 +75,8 @@ class Encoder:
             raise ValueError(
                 f"motion group of {config.motion_group} frames out of 1..{MAX_GROUP_FRAMES}"
             )
+        if config.refresh_drop_db > 0 and min(config.refresh_interval, config.refresh_min_gap) < 1:
+            raise ValueError("refresh interval and minimum gap must be at least one frame")
         self.config = config
         self.pipeline = FacePipeline(float(fps), width, height, config.pipeline)
         shape_model = default_shape_model()
