@@ -134,6 +134,24 @@ def test_redetect_every_follows_motion(detector, head):
         assert np.abs(landmark_center(a) - landmark_center(b)).max() < 3
 
 
+@pytest.mark.parametrize("zoom", [1.0, 2.0, 3.0])
+def test_still_face_keeps_its_box_and_landmarks(detector, head, zoom):
+    """A face that does not move is fitted in the same box every frame. The search region
+    once followed the last box's exact size and place, and the detector's stepped boxes
+    fed back: at zoom 2 the box shrank frame after frame and dlib's fit moved with it."""
+    frame = cv2.resize(head, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_LINEAR)
+    frame = paste(np.full((int(300 * zoom), int(330 * zoom), 3), 40, np.uint8), frame, 17, 23)
+    tracker = FaceTracker(detector)
+    # The first frame searches the whole frame, the next ones a region around the face,
+    # which settles on the grid within two frames.
+    for _ in range(3):
+        first = tracker.track(frame)
+    box = tracker.box
+    for _ in range(6):
+        assert np.array_equal(tracker.track(frame), first)
+        assert tracker.box == box
+
+
 def test_bad_arguments(detector):
     with pytest.raises(InputError):
         FaceTracker(detector, redetect_every=0)
