@@ -43,6 +43,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         lowpass_min_gain=args.lowpass_min_gain,
         motion_group=args.motion_group,
         refresh_drop_db=args.refresh_drop,
+        target_kbps=args.target_kbps,
         model=args.model,
         progress=lambda it, total: _progress(it, args.quiet, total, "encode"),
     )
@@ -169,7 +170,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_clips=args.max_clips or config.max_clips,
         face_stride=args.face_stride,
         qps=tuple(args.qps) if args.qps else config.qps,
-        key_qualities=tuple(args.key_qualities) if args.key_qualities else config.key_qualities,
+        # Rate targets replace the default key qualities; given both, both run.
+        key_qualities=(
+            tuple(args.key_qualities)
+            if args.key_qualities
+            else ()
+            if args.target_kbps
+            else config.key_qualities
+        ),
+        target_rates=tuple(args.target_kbps or ()),
         keyframe_intervals=(
             tuple(args.keyframe_intervals) if args.keyframe_intervals else config.keyframe_intervals
         ),
@@ -334,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="key-frame quality 0..100, higher is better (default: 40)",
     )
     e.add_argument(
+        "--target-kbps",
+        type=_float_range(0, 10**6),
+        default=0.0,
+        metavar="KBPS",
+        help="rate target in kbit/s, everything included: each key frame gets the best "
+        "quality that fits what is left of it after the motion (replaces --key-quality; "
+        "default 0: off)",
+    )
+    e.add_argument(
         "--keyframe-interval",
         type=_int_range(0, 10**6),
         default=0,
@@ -470,7 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_range(0, 100),
         nargs="+",
         metavar="Q",
-        help="gracecodec key-frame qualities (default: 20 40 60)",
+        help="gracecodec key-frame qualities (default: 20 40 60, none with --target-kbps)",
+    )
+    v.add_argument(
+        "--target-kbps",
+        type=_float_range(0.1, 10**6),
+        nargs="+",
+        metavar="KBPS",
+        help="gracecodec rate targets in kbit/s (encode --target-kbps), a curve of their own",
     )
     v.add_argument(
         "--keyframe-intervals",

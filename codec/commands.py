@@ -37,6 +37,7 @@ class EncodeStats:
     frames: int = 0
     keyframes: int = 0
     refreshes: int = 0  # key frames sent because the rendered quality dropped
+    key_qualities: list[int] = dataclasses.field(default_factory=list)  # of each key frame
     lost_frames: int = 0
     bytes_total: int = 0
     seconds: float = 0.0
@@ -46,9 +47,13 @@ class EncodeStats:
         duration = self.frames / self.fps if self.frames else 1
         kbps = self.bytes_total * 8 / float(duration) / 1000
         speed = self.frames / self.seconds if self.seconds else 0.0
-        refreshes = f" ({self.refreshes} quality refreshes)" if self.refreshes else ""
+        refreshes = f", {self.refreshes} quality refreshes" if self.refreshes else ""
+        qualities = sorted(set(self.key_qualities))
+        if len(qualities) > 4:
+            qualities = [qualities[0], "...", qualities[-1]]
+        at = f" at quality {' '.join(map(str, qualities))}" if qualities else ""
         return (
-            f"encoded {self.frames} frames ({self.keyframes} key frames{refreshes}, "
+            f"encoded {self.frames} frames ({self.keyframes} key frames{at}{refreshes}, "
             f"{self.lost_frames} without a detected face) into {self.bytes_total} bytes, "
             f"{kbps:.2f} kbit/s, {speed:.1f} frames/s"
         )
@@ -88,6 +93,7 @@ def encode_file(
     lowpass_min_gain: float = DEFAULT_MIN_GAIN,
     motion_group: int = FILE_MOTION_GROUP,
     refresh_drop_db: float = 0.0,
+    target_kbps: float = 0.0,
     model: str | None = None,
     progress: Progress = _no_progress,
 ) -> EncodeStats:
@@ -116,10 +122,12 @@ def encode_file(
         lowpass_min_gain=lowpass_min_gain,
         motion_group=motion_group,
         refresh_drop_db=refresh_drop_db,
+        target_kbps=target_kbps,
     )
-    enc = Encoder(config, info.fps, info.width, info.height)
-    stats = EncodeStats(fps=info.fps)
     total = min(info.frame_count, max_frames or info.frame_count) or max_frames
+    # The container's frame count (a hint: rate control's horizon) until the real one is known.
+    enc = Encoder(config, info.fps, info.width, info.height, frame_count=total or 0)
+    stats = EncodeStats(fps=info.fps)
     start = time.perf_counter()
     # Packets are held in memory (a few kbit/s) until the frame count is known: the header
     # carries it, and a varint cannot be patched in place.
@@ -145,6 +153,7 @@ def encode_file(
     stats.seconds = time.perf_counter() - start
     stats.lost_frames = enc.pipeline.lost_frames
     stats.refreshes = enc.refreshes
+    stats.key_qualities = enc.key_qualities
     return stats
 
 

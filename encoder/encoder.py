@@ -11,7 +11,9 @@
 Motion goes out a packet a frame, or `motion_group` frames a packet (files).
 
 Key frames: the first frame, every crop re-centre, every `keyframe_interval` frames
-(0: never for that reason) and on `request_keyframe()` (a receiver's request).
+(0: never for that reason) and on `request_keyframe()` (a receiver's request). Each is
+coded at `key_quality`, or, under a rate target (`target_kbps`), at the best quality
+whose size fits what the stream may still spend until the segment ends.
 """
 
 from __future__ import annotations
@@ -22,13 +24,28 @@ from fractions import Fraction
 import numpy as np
 
 from codec import binary
-from codec.bitstream import MAX_GROUP_FRAMES, Header, Packet, PacketKind, group_motion
+from codec.bitstream import (
+    MAX_GROUP_FRAMES,
+    MOTION_KINDS,
+    Header,
+    Packet,
+    PacketKind,
+    group_motion,
+    motion_chunks,
+)
 from codec.keyframe import IMAGE_CODEC_NAMES, decode_image, encode_image
 from codec.lowpass import DEFAULT_MIN_GAIN, LowpassResidual, LowpassUpdate
 from codec.motion import MotionConfig, MotionEncoder, default_shape_model
 
 from .camera import CameraTracker
 from .pipeline import FaceFrame, FacePipeline, PipelineConfig
+
+# Rate control: the motion a frame is assumed to cost until the stream has sent some (an
+# expressive val clip, MEAD W009 fear: 55 bits a frame with framing), and the frames a
+# segment is assumed to last when neither the frame count nor a key-frame interval bounds
+# it (a live call: 10 s at 25 fps).
+MOTION_PRIOR_BYTES = 7
+RATE_HORIZON_FRAMES = 250
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +75,11 @@ class EncoderConfig:
     refresh_drop_db: float = 0.0
     refresh_interval: int = 5
     refresh_min_gap: int = 25
+    # Rate target in kbit/s (header, framing and motion included): each key frame gets the
+    # best quality whose size fits what the stream may spend by the end of its segment
+    # (the header's frame count, the key-frame interval, or RATE_HORIZON_FRAMES), less the
+    # motion expected until then. 0: every key frame at `key_quality`.
+    target_kbps: float = 0.0
 
 
 class Encoder:
@@ -77,6 +99,8 @@ class Encoder:
             )
         if config.refresh_drop_db > 0 and min(config.refresh_interval, config.refresh_min_gap) < 1:
             raise ValueError("refresh interval and minimum gap must be at least one frame")
+        if not 0 <= config.target_kbps <= 10**6:
+            raise ValueError(f"rate target of {config.target_kbps} kbit/s out of range")
         self.config = config
         self.pipeline = FacePipeline(float(fps), width, height, config.pipeline)
         shape_model = default_shape_model()
@@ -106,6 +130,11 @@ class Encoder:
         self._key_requested = False
         self._refresh_due = False  # the key frame asked for is a quality refresh
         self._started = False
+        self.key_qualities: list[int] = []  # the quality of each key frame sent
+        # The stream so far: the header, and the END packet a file closes with, up front.
+        end = Packet(PacketKind.END, 0, binary.varint(2**14 - 1))
+        self._bytes_sent = len(self.header.to_bytes()) + len(end.to_bytes())
+        self._motion_bytes = self._motion_frames = 0  # what motion has cost so far
 
     def request_keyframe(self) -> None:
         """The next frame becomes a key frame."""
@@ -121,7 +150,7 @@ class Encoder:
     def flush(self) -> list[Packet]:
         """Ends the stream: returns the held-back packets. Raises InputError without a face."""
         self.pipeline.finish()
-        return self._motion_packets(self.motion.seal(), sealed=True)
+        return self._sent(self._motion_packets(self.motion.seal(), sealed=True))
 
     def _code(self, face: FaceFrame) -> list[Packet]:
         interval = self.config.keyframe_interval
@@ -132,13 +161,14 @@ class Encoder:
             or (interval > 0 and self._since_key >= interval)
         )
         if key:
-            packets = self._motion_packets(self.motion.seal(), sealed=True)
+            packets = self._sent(self._motion_packets(self.motion.seal(), sealed=True))
             crop = face.crop()
             if self.camera is not None:
                 self.camera.start(crop, face.landmarks)
             lm_bytes, decoded_points = self.motion.intra(face.landmarks, face.index)
-            image = encode_image(crop, self._codec, self.config.key_quality)
-            payload = binary.u8(self._codec) + binary.length_prefixed(lm_bytes) + image
+            fields = binary.u8(self._codec) + binary.length_prefixed(lm_bytes)
+            image = self._key_image(crop, face.index, len(fields))
+            payload = fields + image
             if self._renders:
                 size = self.header.width
                 self._sender_renderer().set_reference(
@@ -147,7 +177,7 @@ class Encoder:
             if self.lowpass is not None:
                 self.lowpass.reset()
             self.refreshes += self._refresh_due
-            packets.append(Packet(PacketKind.KEYFRAME, face.index, payload))
+            packets += self._sent([Packet(PacketKind.KEYFRAME, face.index, payload)])
             self._started, self._key_requested, self._since_key = True, False, 1
             self._refresh_due, self._best_psnr = False, -np.inf
         else:
@@ -169,9 +199,54 @@ class Encoder:
                     self._lowpass_updates[face.index] = update.payload
             if refresh:
                 self._check_quality(face.crop(), rendered)
-            packets = self._motion_packets(ready)
+            packets = self._sent(self._motion_packets(ready))
             self._since_key += 1
         return packets
+
+    def _sent(self, packets: list[Packet]) -> list[Packet]:
+        """Counts what goes out (rate control's account); returns the packets."""
+        for p in packets:
+            size = len(p.to_bytes())
+            self._bytes_sent += size
+            if p.kind in MOTION_KINDS:
+                self._motion_bytes += size
+                self._motion_frames += len(motion_chunks(p))
+        return packets
+
+    def _key_image(self, crop: np.ndarray, pts: int, field_bytes: int) -> bytes:
+        """The key frame's image bytes: at `key_quality`, or the best quality that fits the
+        rate target's budget (the lowest quality where none does)."""
+        if self.config.target_kbps <= 0:
+            quality = self.config.key_quality
+            image = encode_image(crop, self._codec, quality)
+        else:
+            # Packet framing: kind, pts, CRC, and a length field of up to 3 bytes.
+            framing = len(Packet(PacketKind.KEYFRAME, pts, b"").to_bytes()) + 2
+            budget = self._key_budget(pts) - framing - field_bytes
+            # The image's size grows with the quality: binary search for the best that fits.
+            quality, image = 0, encode_image(crop, self._codec, 0)
+            lo, hi = 1, 100
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                candidate = encode_image(crop, self._codec, mid)
+                if len(candidate) <= budget:
+                    quality, image, lo = mid, candidate, mid + 1
+                else:
+                    hi = mid - 1
+        self.key_qualities.append(quality)
+        return image
+
+    def _key_budget(self, pts: int) -> float:
+        """Bytes the key frame at `pts` may take: what the target allows by the end of its
+        segment, less what was sent and the motion expected until then."""
+        per_frame = self.config.target_kbps * 125 / float(self.header.fps)  # kbit/s -> B/frame
+        remaining = self.header.frame_count - pts
+        bounds = [n for n in (self.config.keyframe_interval, remaining) if n > 0]
+        horizon = min(bounds) if bounds else RATE_HORIZON_FRAMES
+        motion = (
+            self._motion_bytes / self._motion_frames if self._motion_frames else MOTION_PRIOR_BYTES
+        )
+        return per_frame * (pts + horizon) - self._bytes_sent - motion * (horizon - 1)
 
     def _check_quality(self, crop: np.ndarray, rendered: np.ndarray) -> None:
         """Asks for a key frame next where the frame the receiver shows has fallen too far

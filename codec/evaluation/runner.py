@@ -81,6 +81,9 @@ class EvalConfig:
     lowpass_min_gain: float = DEFAULT_MIN_GAIN  # dB per kbit an update must gain (EncoderConfig)
     motion_group: int = FILE_MOTION_GROUP  # gracecodec streams' frames per motion packet
     refresh_drop_db: float = 0.0  # closed-loop key-frame refresh (EncoderConfig); 0: off
+    # Rate targets (kbit/s) gracecodec streams are also coded at (EncoderConfig.target_kbps),
+    # each backend's own curve beside its key qualities'.
+    target_rates: tuple[float, ...] = ()
 
 
 QUICK = EvalConfig(
@@ -97,6 +100,7 @@ class Run:
     qp: int | None = None
     key_quality: int | None = None
     keyframe_interval: int | None = None
+    target_kbps: float | None = None  # rate control instead of a fixed key quality
 
     @property
     def label(self) -> str:
@@ -105,13 +109,18 @@ class Run:
     @property
     def curve(self) -> str:
         """The RD curve this run is a point of."""
-        return f"{self.label} ki={self.keyframe_interval}" if self.codec == GRACE else self.codec
+        if self.codec != GRACE:
+            return self.codec
+        rate = " target" if self.target_kbps else ""
+        return f"{self.label} ki={self.keyframe_interval}{rate}"
 
     @property
     def operating_point(self) -> str:
-        if self.codec == GRACE:
-            return f"kq={self.key_quality} ki={self.keyframe_interval}"
-        return f"qp={self.qp}"
+        if self.codec != GRACE:
+            return f"qp={self.qp}"
+        if self.target_kbps:
+            return f"target={self.target_kbps:g} ki={self.keyframe_interval}"
+        return f"kq={self.key_quality} ki={self.keyframe_interval}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -226,8 +235,9 @@ def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
     model = next((m for m, b in MODEL_BACKENDS.items() if b == run.backend), "warp")
     default_id, default_digest = default_model()
     enc_config = EncoderConfig(
-        key_quality=run.key_quality,
+        key_quality=run.key_quality or 0,
         keyframe_interval=run.keyframe_interval,
+        target_kbps=run.target_kbps or 0.0,
         motion=MotionConfig(camera=config.camera_motion),
         model_id=model,
         model_digest=default_digest if model == default_id else b"",
@@ -289,6 +299,12 @@ def _plan(config: EvalConfig, backends: list[str]) -> list[Run]:
         for b in backends
         for k in config.keyframe_intervals
         for q in config.key_qualities
+    ]
+    runs += [
+        Run(GRACE, backend=b, keyframe_interval=k, target_kbps=t)
+        for b in backends
+        for k in config.keyframe_intervals
+        for t in config.target_rates
     ]
     return runs + [Run(c, qp=qp) for c in config.anchors for qp in config.qps]
 
@@ -386,6 +402,7 @@ def _row(clip: str, run: Run, fps: float, frames: int) -> dict[str, Any]:
         "qp": run.qp,
         "key_quality": run.key_quality,
         "keyframe_interval": run.keyframe_interval,
+        "target_kbps": run.target_kbps,
         "status": "ok",
         "error": "",
         "frames": frames,
@@ -438,7 +455,7 @@ def default_command(
         argv += ["--face-stride", str(config.face_stride)]
     if config.qps != base.qps:
         argv += ["--qps", *map(str, config.qps)]
-    if config.key_qualities != base.key_qualities:
+    if config.key_qualities != base.key_qualities and config.key_qualities:
         argv += ["--key-qualities", *map(str, config.key_qualities)]
     if config.keyframe_intervals != base.keyframe_intervals:
         argv += ["--keyframe-intervals", *map(str, config.keyframe_intervals)]
@@ -454,6 +471,8 @@ def default_command(
         argv += ["--motion-group", str(config.motion_group)]
     if config.refresh_drop_db != base.refresh_drop_db:
         argv += ["--refresh-drop", f"{config.refresh_drop_db:g}"]
+    if config.target_rates:
+        argv += ["--target-kbps", *(f"{t:g}" for t in config.target_rates)]
     return shlex.join(argv)
 
 

@@ -65,6 +65,29 @@ def test_a_clip_without_a_face_is_reported_not_dropped(tmp_path):
     assert "noface" in summary.split("## Failures")[1]
 
 
+def test_rate_targets_are_a_curve_of_their_own(tmp_path):
+    """`eval --target-kbps` codes gracecodec streams under rate control: only those points
+    (no key qualities unless asked for too), each near its target, and a command that
+    reruns the same plan."""
+    from codec.example import write_example_clip
+
+    (tmp_path / "clips").mkdir()
+    write_example_clip(tmp_path / "clips" / "example.mp4", seconds=2, fps=25)
+    out = tmp_path / "eval"
+    argv = ["eval", str(tmp_path / "clips"), "--out", str(out), "--quiet", "--backends", "warp"]
+    argv += ["--face-stride", "25"]
+    argv += ["--qps", "51", "--keyframe-intervals", "0", "--target-kbps", "4", "8"]
+    assert main(argv) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    grace = [r for r in rows if r["codec"] == "gracecodec/warp"]
+    assert [r["operating_point"] for r in grace] == ["target=4 ki=0", "target=8 ki=0"]
+    assert {r["curve"] for r in grace} == {"gracecodec/warp ki=0 target"}
+    for r in grace:
+        assert r["status"] == "ok" and r["kbps"] == pytest.approx(r["target_kbps"], rel=0.15)
+    command = json.loads((out / "results.json").read_text())["command"]
+    assert "--target-kbps 4 8" in command and "--key-qualities" not in command
+
+
 @pytest.mark.slow
 def test_quick_eval_on_two_real_clips(data_dir, tmp_path):
     out = tmp_path / "eval"
