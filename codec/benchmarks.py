@@ -329,8 +329,8 @@ def bench_codec(
                 lines.append(f"| {clip.path.stem[-40:]} | failed: {e} |")
                 continue
             info = stream_info(agc)
-            key = info.payload_bytes[PacketKind.KEYFRAME] * 8 / 1000
-            n_key = info.packets[PacketKind.KEYFRAME]
+            key = info.key_bytes * 8 / 1000
+            n_key = info.keyframes
             row = (
                 info.frames,
                 float(info.header.fps),

@@ -22,9 +22,9 @@ from . import binary
 from .errors import BitstreamError, TruncatedError, UnsupportedVersionError
 
 MAGIC = b"AGC\x1a"
-VERSION_MAJOR = 2  # 2.0: MOTION_GROUP packets, which a 1.x reader cannot skip
+VERSION_MAJOR = 3  # 3.0: REFERENCE packets; 2.0: MOTION_GROUP packets (neither can be skipped)
 VERSION_MINOR = 0
-READABLE_MAJORS = (1, 2)  # a 1.x stream is a 2.x stream without MOTION_GROUP packets
+READABLE_MAJORS = (1, 2, 3)  # each major's streams are the next one's without its new kind
 
 # Limits checked before anything is allocated (a hostile length cannot exhaust memory).
 MAX_HEADER_BYTES = 64 * 1024
@@ -35,6 +35,10 @@ MAX_FPS_TERM = 1_000_000
 MAX_ID_BYTES = 64
 MAX_GROUP_FRAMES = 1024  # frames in one MOTION_GROUP packet
 FILE_MOTION_GROUP = 25  # frames a group in the files gracecodec writes (a live call sends 1)
+# Frames among which a sender may choose a segment's key frame (sent as a REFERENCE), and
+# how many files use (10 s at 25 fps; a live call shows its first frame at once: 0).
+MAX_KEY_SEARCH = 750
+FILE_KEY_SEARCH = 250
 
 
 class PacketKind(enum.IntEnum):
@@ -45,9 +49,11 @@ class PacketKind(enum.IntEnum):
     END = 3  # end of stream: payload = varint number of packets before it
     LOWPASS = 4  # a low-pass residual update (codec.lowpass), just before its frame's MOTION
     MOTION_GROUP = 5  # consecutive frames' motion in one packet (files: framing paid once)
+    REFERENCE = 6  # a key frame not shown: KEYFRAME's payload; frame pts on come as motion
 
 
 MOTION_KINDS = (PacketKind.MOTION, PacketKind.MOTION_GROUP)
+KEY_KINDS = (PacketKind.KEYFRAME, PacketKind.REFERENCE)  # packets that start a segment
 
 
 class LandmarkScheme(enum.IntEnum):

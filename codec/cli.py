@@ -12,7 +12,7 @@ from pathlib import Path
 
 from decoder_fpga.replay import DEFAULT_THRESHOLD_PX as DEFAULT_REPLAY_PX
 
-from .bitstream import FILE_MOTION_GROUP, MAX_GROUP_FRAMES
+from .bitstream import FILE_KEY_SEARCH, FILE_MOTION_GROUP, MAX_GROUP_FRAMES, MAX_KEY_SEARCH
 from .errors import GraceError, InputError
 from .generators import backend_names
 from .lowpass import DEFAULT_MIN_GAIN as LOWPASS_MIN_GAIN
@@ -44,6 +44,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         motion_group=args.motion_group,
         refresh_drop_db=args.refresh_drop,
         target_kbps=args.target_kbps,
+        key_search=args.key_search,
         model=args.model,
         progress=lambda it, total: _progress(it, args.quiet, total, "encode"),
     )
@@ -188,6 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         lowpass_min_gain=args.lowpass_min_gain,
         motion_group=args.motion_group,
         refresh_drop_db=args.refresh_drop,
+        key_search=args.key_search,
     )
     result = run_eval(
         find_clips(args.clips, split),
@@ -307,6 +309,16 @@ def _add_sender_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
         + "send a new key frame where the frame the receiver shows (rendered here every "
         "5th frame) falls DB dB of PSNR below the best since the last key frame, 25 frames "
         "after it at the earliest (e.g. 6; default 0: never)",
+    )
+    p.add_argument(
+        "--key-search",
+        type=_int_range(0, MAX_KEY_SEARCH),
+        default=FILE_KEY_SEARCH,
+        metavar="N",
+        help=prefix
+        + "choose each segment's key frame among its first N frames: the one whose picture, "
+        "warped to the others, matches them best, sent first and not shown (stream 3.0; "
+        f"default {FILE_KEY_SEARCH}; 0: the first frame, as a live call does)",
     )
 
 

@@ -11,7 +11,9 @@ from fractions import Fraction
 from pathlib import Path
 
 from .bitstream import (
+    FILE_KEY_SEARCH,
     FILE_MOTION_GROUP,
+    KEY_KINDS,
     MOTION_KINDS,
     AgcReader,
     AgcWriter,
@@ -37,6 +39,7 @@ class EncodeStats:
     frames: int = 0
     keyframes: int = 0
     refreshes: int = 0  # key frames sent because the rendered quality dropped
+    references: int = 0  # key frames chosen from later in their segment (REFERENCE packets)
     key_qualities: list[int] = dataclasses.field(default_factory=list)  # of each key frame
     lost_frames: int = 0
     bytes_total: int = 0
@@ -48,6 +51,8 @@ class EncodeStats:
         kbps = self.bytes_total * 8 / float(duration) / 1000
         speed = self.frames / self.seconds if self.seconds else 0.0
         refreshes = f", {self.refreshes} quality refreshes" if self.refreshes else ""
+        if self.references:
+            refreshes += f", {self.references} chosen from later in their segment"
         qualities = sorted(set(self.key_qualities))
         if len(qualities) > 4:
             qualities = [qualities[0], "...", qualities[-1]]
@@ -94,6 +99,7 @@ def encode_file(
     motion_group: int = FILE_MOTION_GROUP,
     refresh_drop_db: float = 0.0,
     target_kbps: float = 0.0,
+    key_search: int = FILE_KEY_SEARCH,
     model: str | None = None,
     progress: Progress = _no_progress,
 ) -> EncodeStats:
@@ -123,6 +129,7 @@ def encode_file(
         motion_group=motion_group,
         refresh_drop_db=refresh_drop_db,
         target_kbps=target_kbps,
+        key_search=key_search,
     )
     total = min(info.frame_count, max_frames or info.frame_count) or max_frames
     # The container's frame count (a hint: rate control's horizon) until the real one is known.
@@ -139,7 +146,8 @@ def encode_file(
             writer.write(p)
             stats.frames += p.kind == PacketKind.KEYFRAME
             stats.frames += len(motion_chunks(p)) if p.kind in MOTION_KINDS else 0
-            stats.keyframes += p.kind == PacketKind.KEYFRAME
+            stats.keyframes += p.kind in KEY_KINDS
+            stats.references += p.kind == PacketKind.REFERENCE
 
     for frame in progress(read_frames(input_path, max_frames), total):
         write(enc.encode(frame))
@@ -204,7 +212,9 @@ def decode_file(
         start = time.perf_counter()
         # The video encoder runs on its own thread, beside the rendering.
         with BackgroundVideoWriter(output_path, header.fps, header.width, header.height) as out:
-            for frame in decoder.decode_packets(progress(reader, header.frame_count or None)):
+            # Progress counts frames: a MOTION_GROUP packet holds many, a REFERENCE none.
+            frames = decoder.decode_packets(reader)
+            for frame in progress(frames, header.frame_count or None):
                 out.write(frame)
                 stats.frames += 1
             if stats.frames == 0:
@@ -234,6 +244,15 @@ class StreamInfo:
         return self.packets[PacketKind.KEYFRAME] + self.motion_frames
 
     @property
+    def keyframes(self) -> int:
+        """Key frames of either kind (shown, or a reference only)."""
+        return sum(self.packets[k] for k in KEY_KINDS)
+
+    @property
+    def key_bytes(self) -> int:
+        return sum(self.payload_bytes[k] for k in KEY_KINDS)
+
+    @property
     def motion_bytes(self) -> int:
         return self.payload_bytes[PacketKind.MOTION] + self.payload_bytes[PacketKind.MOTION_GROUP]
 
@@ -246,13 +265,14 @@ class StreamInfo:
 
     def report(self) -> str:
         h = self.header
-        key = self.payload_bytes[PacketKind.KEYFRAME]
+        key = self.key_bytes
         motion, n_motion = self.motion_bytes, self.motion_frames
         lowpass = self.payload_bytes[PacketKind.LOWPASS]
         framing = self.file_bytes - key - motion - lowpass
         n_key, n_lowpass = self.packets[PacketKind.KEYFRAME], self.packets[PacketKind.LOWPASS]
+        n_ref = self.packets[PacketKind.REFERENCE]
         n_single, n_group = self.packets[PacketKind.MOTION], self.packets[PacketKind.MOTION_GROUP]
-        n_known = n_key + n_single + n_group + n_lowpass
+        n_known = n_key + n_ref + n_single + n_group + n_lowpass
         codecs = ", ".join(f"{k} x{v}" for k, v in sorted(self.key_codecs.items())) or "-"
         lines = [
             f"format       .agc {h.model_id!r} model"
@@ -260,7 +280,7 @@ class StreamInfo:
             f"video        {h.width}x{h.height} at {float(h.fps):.3f} fps ({h.fps}), "
             f"{self.frames} frames, {self.duration:.2f} s",
             f"landmarks    {h.landmark_scheme.name}, motion parameters {h.motion_params.hex()}",
-            f"packets      {n_key} KEYFRAME ({codecs}), {n_single} MOTION, {n_group} "
+            f"packets      {n_key} KEYFRAME, {n_ref} REFERENCE ({codecs}), {n_single} MOTION, {n_group} "
             f"MOTION_GROUP ({n_motion} motion frames), {n_lowpass} LOWPASS, "
             f"{sum(self.packets.values()) - n_known} other",
             "rate         bytes      kbit/s",
@@ -289,7 +309,7 @@ def stream_info(path) -> StreamInfo:
             packets[p.kind] += 1
             payload[p.kind] += coded_bytes(p)
             motion_frames += len(motion_chunks(p)) if p.kind in MOTION_KINDS else 0
-            if p.kind == PacketKind.KEYFRAME and p.payload:
+            if p.kind in KEY_KINDS and p.payload:
                 try:
                     codecs[ImageCodec(p.payload[0]).name] += 1
                 except ValueError:

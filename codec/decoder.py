@@ -36,7 +36,7 @@ def default_backend(header: Header) -> str:
 
 class Decoder:
     """Turns packets into frames: one per KEYFRAME or MOTION packet, one per frame of a
-    MOTION_GROUP.
+    MOTION_GROUP, none for a REFERENCE.
 
     Frames must arrive in order: a missing frame is a `BitstreamError`. After an error
     the decoder waits for the next key frame (`needs_keyframe`), which a live receiver
@@ -64,6 +64,9 @@ class Decoder:
         """
         if packet.kind == PacketKind.KEYFRAME:
             return [self._keyframe(packet)]
+        if packet.kind == PacketKind.REFERENCE:
+            self._keyframe(packet)
+            return []
         if packet.kind in MOTION_KINDS:
             frames = []
             for landmarks in self._motion(packet):
@@ -102,12 +105,17 @@ class Decoder:
             yield from map(self.lowpass.apply, render_many(run))
 
     def _keyframe(self, packet: Packet) -> np.ndarray:
+        """Starts a segment at a KEYFRAME (its picture is frame pts) or a REFERENCE (its
+        picture, a later frame's, is only the generator's reference: frame pts comes as
+        motion). Returns the decoded picture."""
+        shown = packet.kind == PacketKind.KEYFRAME
+        name = "KEYFRAME" if shown else "REFERENCE"
         self._check_pts(packet.pts, keyframe=True)
-        r = binary.ByteReader(packet.payload, "KEYFRAME packet")
+        r = binary.ByteReader(packet.payload, f"{name} packet")
         try:
             codec = ImageCodec(r.u8())
         except ValueError:
-            raise BitstreamError(f"KEYFRAME at pts {packet.pts}: unknown image codec") from None
+            raise BitstreamError(f"{name} at pts {packet.pts}: unknown image codec") from None
         lm_bytes = r.length_prefixed(MAX_PAYLOAD_BYTES)
         image = decode_image(r.take(r.remaining), codec, self.header.width, self.header.height)
         try:
@@ -118,7 +126,7 @@ class Decoder:
         self.generator.set_reference(image, landmarks)
         self.lowpass.reset()
         self.needs_keyframe = False
-        self.next_pts = packet.pts + 1
+        self.next_pts = packet.pts + shown
         return image
 
     def _motion(self, packet: Packet) -> list[np.ndarray]:

@@ -21,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 from fractions import Fraction
 
+import cv2
 import numpy as np
 
 from codec import binary
 from codec.bitstream import (
     MAX_GROUP_FRAMES,
+    MAX_KEY_SEARCH,
     MOTION_KINDS,
     Header,
     Packet,
@@ -38,6 +40,7 @@ from codec.lowpass import DEFAULT_MIN_GAIN, LowpassResidual, LowpassUpdate
 from codec.motion import MotionConfig, MotionEncoder, default_shape_model
 
 from .camera import CameraTracker
+from .crop import CropBox
 from .pipeline import FaceFrame, FacePipeline, PipelineConfig
 
 # Rate control: the motion a frame is assumed to cost until the stream has sent some (an
@@ -46,6 +49,12 @@ from .pipeline import FaceFrame, FacePipeline, PipelineConfig
 # it (a live call: 10 s at 25 fps).
 MOTION_PRIOR_BYTES = 7
 RATE_HORIZON_FRAMES = 250
+
+# Key-frame search (MAX_KEY_SEARCH held frames: about 150 MB of crops): of the held
+# frames, KEY_CANDIDATES evenly spaced ones are tried as the key, each judged on
+# KEY_JUDGED evenly spaced frames.
+KEY_CANDIDATES = 30
+KEY_JUDGED = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +89,12 @@ class EncoderConfig:
     # (the header's frame count, the key-frame interval, or RATE_HORIZON_FRAMES), less the
     # motion expected until then. 0: every key frame at `key_quality`.
     target_kbps: float = 0.0
+    # Key-frame search (files): a segment's first `key_search` frames wait while the sender
+    # picks the one whose picture, warped to the others' landmarks, matches them best; it
+    # goes first as a REFERENCE (not shown) and every frame of the segment as motion. A
+    # frame from the middle of a head turn drifts less than the first. 0 or 1: the first
+    # frame is the key frame, at once (a live call).
+    key_search: int = 0
 
 
 class Encoder:
@@ -101,6 +116,10 @@ class Encoder:
             raise ValueError("refresh interval and minimum gap must be at least one frame")
         if not 0 <= config.target_kbps <= 10**6:
             raise ValueError(f"rate target of {config.target_kbps} kbit/s out of range")
+        if not 0 <= config.key_search <= MAX_KEY_SEARCH:
+            raise ValueError(
+                f"key search over {config.key_search} frames out of 0..{MAX_KEY_SEARCH}"
+            )
         self.config = config
         self.pipeline = FacePipeline(float(fps), width, height, config.pipeline)
         shape_model = default_shape_model()
@@ -130,6 +149,7 @@ class Encoder:
         self._key_requested = False
         self._refresh_due = False  # the key frame asked for is a quality refresh
         self._started = False
+        self._window: list[FaceFrame] | None = None  # a segment's frames held for key search
         self.key_qualities: list[int] = []  # the quality of each key frame sent
         # The stream so far: the header, and the END packet a file closes with, up front.
         end = Packet(PacketKind.END, 0, binary.varint(2**14 - 1))
@@ -144,63 +164,117 @@ class Encoder:
         """frame: uint8 (H, W, 3) RGB source frame. Returns the packets now ready."""
         packets: list[Packet] = []
         for face in self.pipeline.process(frame):
-            packets += self._code(face)
+            packets += self._take(face)
         return packets
 
     def flush(self) -> list[Packet]:
         """Ends the stream: returns the held-back packets. Raises InputError without a face."""
         self.pipeline.finish()
-        return self._sent(self._motion_packets(self.motion.seal(), sealed=True))
+        packets = self._code_window()
+        return packets + self._sent(self._motion_packets(self.motion.seal(), sealed=True))
 
-    def _code(self, face: FaceFrame) -> list[Packet]:
+    def _take(self, face: FaceFrame) -> list[Packet]:
+        """Codes a frame, or holds it while its segment's key frame is searched for."""
+        held = len(self._window) if self._window is not None else 0
         interval = self.config.keyframe_interval
         key = (
             not self._started
             or face.recentred
             or self._key_requested
-            or (interval > 0 and self._since_key >= interval)
+            or (interval > 0 and self._since_key + held >= interval)
         )
+        packets = self._code_window() if key else []
+        if key and self.config.key_search < 2:
+            return packets + self._start_segment(face, face.index)
         if key:
-            packets = self._sent(self._motion_packets(self.motion.seal(), sealed=True))
-            crop = face.crop()
-            if self.camera is not None:
-                self.camera.start(crop, face.landmarks)
-            lm_bytes, decoded_points = self.motion.intra(face.landmarks, face.index)
-            fields = binary.u8(self._codec) + binary.length_prefixed(lm_bytes)
-            image = self._key_image(crop, face.index, len(fields))
-            payload = fields + image
-            if self._renders:
-                size = self.header.width
-                self._sender_renderer().set_reference(
-                    decode_image(image, self._codec, size, size), decoded_points
-                )
-            if self.lowpass is not None:
-                self.lowpass.reset()
-            self.refreshes += self._refresh_due
-            packets += self._sent([Packet(PacketKind.KEYFRAME, face.index, payload)])
-            self._started, self._key_requested, self._since_key = True, False, 1
-            self._refresh_due, self._best_psnr = False, -np.inf
-        else:
+            self._window, self._started, self._key_requested = [], True, False
+            self._since_key = 0
+        if self._window is None:
+            return packets + self._inter(face)
+        size = face.crop_size  # held as the crop alone: a source frame may be large
+        self._window.append(dataclasses.replace(face, image=face.crop(), box=CropBox(0, 0, size)))
+        if len(self._window) >= self.config.key_search:
+            packets += self._code_window()
+        return packets
+
+    def _code_window(self) -> list[Packet]:
+        """Codes the held frames: the chosen key frame first, then every frame in order
+        (the camera tracked backwards from the key frame for the frames before it). A
+        refresh asked for on the way starts a new segment, searched in turn, with the
+        frames left."""
+        faces, self._window = self._window or [], None
+        packets: list[Packet] = []
+        while faces:
+            k = choose_key(faces)
+            key = faces[k]
+            # Where the first frame is best: a plain KEYFRAME, as without the search.
+            packets += self._start_segment(key, faces[0].index)
+            before: dict[int, np.ndarray] = {}
+            if self.camera is not None and k > 0:
+                back = CameraTracker(self.camera.size)
+                back.start(key.crop(), key.landmarks)
+                for f in reversed(faces[:k]):
+                    before[f.index] = np.vstack([f.landmarks, back.track(f.crop(), f.landmarks)])
+                before[key.index] = np.vstack([key.landmarks, back.corners]).astype(np.float32)
+            coded = faces[1:] if k == 0 else faces
+            done = 0
+            for f in coded:
+                packets += self._inter(f, before.get(f.index))
+                done += 1
+                if self._key_requested:
+                    break
+            faces = coded[done:]
+        return packets
+
+    def _start_segment(self, key: FaceFrame, pts: int) -> list[Packet]:
+        """A KEYFRAME (key is frame pts) or a REFERENCE (a later frame's picture, sent at
+        pts, where the segment's motion starts): ends the last segment, starts this one."""
+        shown = key.index == pts
+        packets = self._sent(self._motion_packets(self.motion.seal(), sealed=True))
+        crop = key.crop()
+        if self.camera is not None:
+            self.camera.start(crop, key.landmarks)
+        # The motion coder numbers the frames after the intra-coded ones from here.
+        lm_bytes, decoded_points = self.motion.intra(key.landmarks, pts if shown else pts - 1)
+        fields = binary.u8(self._codec) + binary.length_prefixed(lm_bytes)
+        image = self._key_image(crop, pts, len(fields))
+        payload = fields + image
+        if self._renders:
+            size = self.header.width
+            self._sender_renderer().set_reference(
+                decode_image(image, self._codec, size, size), decoded_points
+            )
+        if self.lowpass is not None:
+            self.lowpass.reset()
+        self.refreshes += self._refresh_due
+        kind = PacketKind.KEYFRAME if shown else PacketKind.REFERENCE
+        packets += self._sent([Packet(kind, pts, payload)])
+        self._started, self._key_requested, self._since_key = True, False, int(shown)
+        self._refresh_due, self._best_psnr = False, -np.inf
+        return packets
+
+    def _inter(self, face: FaceFrame, points: np.ndarray | None = None) -> list[Packet]:
+        """Codes a frame of the segment as motion. points: its motion points where they
+        are known already (the frames before a searched key frame), else tracked here."""
+        if points is None:
             points = face.landmarks
             if self.camera is not None:
                 points = self.camera.motion_points(face.crop(), face.landmarks, key=False)
-            decoded_points, ready = self.motion.inter(points)
-            lowpass = (
-                self.lowpass is not None and self._since_key % self.config.lowpass_interval == 0
-            )
-            refresh = self.config.refresh_drop_db > 0
-            refresh = refresh and self._since_key % self.config.refresh_interval == 0
-            if lowpass or refresh:
-                rendered = self._renderer.render(decoded_points)
-            if lowpass:
-                update = self.lowpass.propose(face.crop(), rendered)
-                if update is not None and self._worth_sending(update, face.index):
-                    self.lowpass.commit(update)
-                    self._lowpass_updates[face.index] = update.payload
-            if refresh:
-                self._check_quality(face.crop(), rendered)
-            packets = self._sent(self._motion_packets(ready))
-            self._since_key += 1
+        decoded_points, ready = self.motion.inter(points)
+        lowpass = self.lowpass is not None and self._since_key % self.config.lowpass_interval == 0
+        refresh = self.config.refresh_drop_db > 0
+        refresh = refresh and self._since_key % self.config.refresh_interval == 0
+        if lowpass or refresh:
+            rendered = self._renderer.render(decoded_points)
+        if lowpass:
+            update = self.lowpass.propose(face.crop(), rendered)
+            if update is not None and self._worth_sending(update, face.index):
+                self.lowpass.commit(update)
+                self._lowpass_updates[face.index] = update.payload
+        if refresh:
+            self._check_quality(face.crop(), rendered)
+        packets = self._sent(self._motion_packets(ready))
+        self._since_key += 1
         return packets
 
     def _sent(self, packets: list[Packet]) -> list[Packet]:
@@ -298,3 +372,55 @@ class Encoder:
     def _close_group(self) -> list[Packet]:
         group, self._group = self._group, []
         return [group_motion(group)] if group else []
+
+
+def choose_key(faces: list[FaceFrame]) -> int:
+    """Index of the frame whose picture, warped by the landmarks to the others (the `warp`
+    generator: what every backend starts from), matches them best on average. Judged by
+    SSIM at 128, 64 and 32 px, the scales MS-SSIM weighs most; the first frame wins ties."""
+    from codec.generators.warp import WarpGenerator
+
+    n = len(faces)
+    if n < 2:
+        return 0
+    candidates = np.unique(np.linspace(0, n - 1, min(n, KEY_CANDIDATES)).round().astype(int))
+    judged = np.unique(np.linspace(0, n - 1, min(n, KEY_JUDGED)).round().astype(int))
+    pyramids = [_pyramid(faces[j].crop()) for j in judged]
+    warp = WarpGenerator()
+    best, best_score = 0, -np.inf
+    for k in candidates:
+        warp.set_reference(faces[k].crop(), faces[k].landmarks)
+        score = np.mean(
+            [
+                _coarse_ssim(_pyramid(warp.render(faces[j].landmarks)), pyramid)
+                for j, pyramid in zip(judged, pyramids)
+            ]
+        )
+        if score > best_score + 1e-9:
+            best, best_score = int(k), score
+    return best
+
+
+_SCALE_WEIGHTS = (0.2856, 0.3001, 0.2363)  # MS-SSIM's weights of its 2nd to 4th scales
+
+
+def _pyramid(image: np.ndarray) -> list[np.ndarray]:
+    """Grey levels at 128, 64 and 32 px, float32."""
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return [cv2.resize(grey, (s, s), interpolation=cv2.INTER_AREA) for s in (128, 64, 32)]
+
+
+def _coarse_ssim(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """Weighted mean SSIM (Gaussian window, sigma 1.5) over the pyramid levels."""
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    total = 0.0
+    for x, y, w in zip(a, b, _SCALE_WEIGHTS):
+        mx, my = _blur(x), _blur(y)
+        vx, vy, cxy = _blur(x * x) - mx * mx, _blur(y * y) - my * my, _blur(x * y) - mx * my
+        ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        total += w * float(ssim.mean())
+    return total / sum(_SCALE_WEIGHTS)
+
+
+def _blur(z: np.ndarray) -> np.ndarray:
+    return cv2.GaussianBlur(z, (0, 0), 1.5)

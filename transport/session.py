@@ -323,11 +323,13 @@ class ReceiverSession:
                 except GraceError as e:
                     self._damaged(e)
             return None
-        if packet.kind == PacketKind.MOTION_GROUP:
-            # Files group frames; a call sends a frame a packet, so a group here is a
-            # sender's mistake: its frames are lost, and the call resyncs at a key frame.
+        if packet.kind in (PacketKind.MOTION_GROUP, PacketKind.REFERENCE):
+            # Files group frames and search for their key frames; a call sends a frame a
+            # packet, each key frame shown, so either here is a sender's mistake: its
+            # frames are lost, and the call resyncs at a key frame.
             self._count_dropped()
-            self._damaged(BitstreamError(f"MOTION_GROUP at pts {packet.pts} in a live call"))
+            kind = PacketKind(packet.kind).name
+            self._damaged(BitstreamError(f"{kind} at pts {packet.pts} in a live call"))
             return None
         if packet.kind not in FRAME_KINDS:
             return None  # a kind from a newer minor version: skipped, as in files

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..benchmarks import Clip
-from ..bitstream import FILE_MOTION_GROUP
+from ..bitstream import FILE_KEY_SEARCH, FILE_MOTION_GROUP
 from ..errors import GraceError, InputError
 from ..lowpass import DEFAULT_MIN_GAIN
 from .anchors import ANCHOR_CODECS, DEFAULT_QPS, QUICK_QPS
@@ -81,6 +81,7 @@ class EvalConfig:
     lowpass_min_gain: float = DEFAULT_MIN_GAIN  # dB per kbit an update must gain (EncoderConfig)
     motion_group: int = FILE_MOTION_GROUP  # gracecodec streams' frames per motion packet
     refresh_drop_db: float = 0.0  # closed-loop key-frame refresh (EncoderConfig); 0: off
+    key_search: int = FILE_KEY_SEARCH  # frames a key frame is chosen among (EncoderConfig)
     # Rate targets (kbit/s) gracecodec streams are also coded at (EncoderConfig.target_kbps),
     # each backend's own curve beside its key qualities'.
     target_rates: tuple[float, ...] = ()
@@ -224,7 +225,7 @@ class _Coded:
 def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
     from encoder.encoder import Encoder, EncoderConfig
 
-    from ..bitstream import AgcReader, AgcWriter, PacketKind, coded_bytes
+    from ..bitstream import KEY_KINDS, AgcReader, AgcWriter, coded_bytes
     from ..decoder import Decoder
     from ..generators import MODEL_BACKENDS, default_model
     from ..motion import MotionConfig
@@ -245,6 +246,7 @@ def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
         lowpass_min_gain=config.lowpass_min_gain,
         motion_group=config.motion_group,
         refresh_drop_db=config.refresh_drop_db,
+        key_search=config.key_search,
     )
     enc = Encoder(enc_config, clip.fps, size, size, frame_count=len(clip.faces))  # as encode's
     enc.pipeline = _Replay()
@@ -256,7 +258,7 @@ def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
         for p in packets:
             writer.write(p)
             payload += coded_bytes(p)
-            keyframes += p.kind == PacketKind.KEYFRAME
+            keyframes += p.kind in KEY_KINDS
     writer.close()
     encode_seconds = clip.pipeline_seconds + time.perf_counter() - start
 
@@ -471,6 +473,8 @@ def default_command(
         argv += ["--motion-group", str(config.motion_group)]
     if config.refresh_drop_db != base.refresh_drop_db:
         argv += ["--refresh-drop", f"{config.refresh_drop_db:g}"]
+    if config.key_search != base.key_search:
+        argv += ["--key-search", str(config.key_search)]
     if config.target_rates:
         argv += ["--target-kbps", *(f"{t:g}" for t in config.target_rates)]
     return shlex.join(argv)
@@ -761,6 +765,12 @@ def _markdown(result: dict, plots: list[str], strip: bool) -> str:
         + (
             f"; key-frame refresh at a {result['config']['refresh_drop_db']:g} dB drop"
             if result["config"].get("refresh_drop_db")
+            else ""
+        )
+        + (
+            f"; each key frame chosen among its segment's first "
+            f"{result['config']['key_search']} frames"
+            if result["config"].get("key_search", 0) > 1
             else ""
         )
         + "); `kq` key-frame quality, `ki` forced key-frame interval (0: only at the start "

@@ -19,6 +19,7 @@ from codec.bitstream import (
     MAX_ID_BYTES,
     MAX_PAYLOAD_BYTES,
     MAX_PTS,
+    READABLE_MAJORS,
     VERSION_MAJOR,
     VERSION_MINOR,
     AgcReader,
@@ -52,7 +53,7 @@ PACKETS = [
 # HEADER + PACKETS + END, as written by AgcWriter. Changing these bytes changes the format:
 # bump the version and update docs/bitstream.md (its worked example is this stream).
 GOLDEN_HEX = (
-    "4147431a" "02" "00" "17"  # magic "AGC\x1a", version 2.0, header length 23
+    "4147431a" "03" "00" "17"  # magic "AGC\x1a", version 3.0, header length 23
     "4000" "3000" "19" "01" "02"  # width 64, height 48, fps 25/1, frame_count 2
     "07" "67726163652d73"  # model_id "grace-s"
     "04" "a1b2c3d4"  # model_digest
@@ -121,7 +122,7 @@ def test_golden_bytes() -> None:
 def test_golden_header_crc_covers_body_only() -> None:
     body = header_body(HEADER)
     assert len(body) == 0x17
-    assert GOLDEN[: GOLDEN_HEADER_LEN - 4] == MAGIC + b"\x02\x00\x17" + body
+    assert GOLDEN[: GOLDEN_HEADER_LEN - 4] == MAGIC + b"\x03\x00\x17" + body
     assert GOLDEN[GOLDEN_HEADER_LEN - 4 : GOLDEN_HEADER_LEN] == binary.u32(binary.crc32(body))
 
 
@@ -299,13 +300,15 @@ def test_every_bit_flip_in_packets_is_detected() -> None:
             read_stream(bytes(data))
 
 
-def test_every_bit_flip_in_header_except_minor_version_is_detected() -> None:
-    # The minor version byte is not covered by any CRC: a reader accepts every minor.
-    minor_byte = len(MAGIC) + 1
+def test_every_bit_flip_in_header_except_the_version_is_detected() -> None:
+    # The version bytes are not covered by any CRC: a reader accepts every minor, and the
+    # older majors it reads (a flip of 3 to 2 or 1).
+    major_byte, minor_byte = len(MAGIC), len(MAGIC) + 1
     for bit in range(GOLDEN_HEADER_LEN * 8):
         data = bytearray(GOLDEN)
         data[bit // 8] ^= 1 << (bit % 8)
-        if bit // 8 == minor_byte:
+        readable_major = bit // 8 == major_byte and data[major_byte] in READABLE_MAJORS
+        if bit // 8 == minor_byte or readable_major:
             assert read_stream(bytes(data)) == (HEADER, PACKETS)
         else:
             with pytest.raises(BitstreamError):
@@ -336,7 +339,7 @@ def test_wrong_magic(magic: bytes) -> None:
     assert not isinstance(exc.value, TruncatedError)
 
 
-@pytest.mark.parametrize("major", [0, 3, 255])
+@pytest.mark.parametrize("major", [0, 4, 255])
 def test_other_major_version_refused(major: int) -> None:
     data = bytearray(GOLDEN)
     data[4] = major
@@ -344,10 +347,11 @@ def test_other_major_version_refused(major: int) -> None:
         read_stream(bytes(data))
 
 
-def test_version_1_streams_still_read() -> None:
-    """2.0 only added MOTION_GROUP: a 1.1 file (no groups) reads as it always did."""
+@pytest.mark.parametrize("version", [b"\x01\x01", b"\x02\x00"])
+def test_older_majors_still_read(version: bytes) -> None:
+    """2.0 only added MOTION_GROUP, 3.0 REFERENCE: a 1.1 or 2.0 file reads as it did."""
     data = bytearray(GOLDEN)
-    data[4:6] = b"\x01\x01"  # the version bytes are outside the header CRC
+    data[4:6] = version  # the version bytes are outside the header CRC
     assert read_stream(bytes(data)) == (HEADER, PACKETS)
 
 

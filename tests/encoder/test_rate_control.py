@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from codec.bitstream import AgcReader, PacketKind
+from codec.bitstream import KEY_KINDS, AgcReader, PacketKind
 from codec.commands import encode_file
 from codec.keyframe import encode_image
 from codec.video import read_frames
@@ -26,7 +26,7 @@ def _kbps(path, fps: float = 25.0) -> tuple[float, list[int]]:
         reader = AgcReader(f)
         packets = list(reader)
         frames = reader.header.frame_count
-    keys = [p.pts for p in packets if p.kind == PacketKind.KEYFRAME]
+    keys = [p.pts for p in packets if p.kind in KEY_KINDS]  # where segments start
     return path.stat().st_size * 8 * fps / frames / 1000, keys
 
 

@@ -6,7 +6,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from codec.bitstream import AgcReader, PacketKind
+from codec.bitstream import KEY_KINDS, AgcReader, PacketKind
 from codec.commands import decode_file, encode_file
 from codec.video import VideoWriter, read_frames
 
@@ -33,13 +33,14 @@ def brightening_clip(tmp_path_factory):
 
 def _key_frames(path) -> list[int]:
     with open(path, "rb") as f:
-        return [p.pts for p in AgcReader(f) if p.kind == PacketKind.KEYFRAME]
+        return [p.pts for p in AgcReader(f) if p.kind in KEY_KINDS]  # where segments start
 
 
 def test_a_quality_drop_brings_a_new_key_frame(brightening_clip, tmp_path):
-    plain = encode_file(brightening_clip, tmp_path / "plain.agc", model="warp")
+    options = dict(model="warp", key_search=0)  # each segment's first frame is its key
+    plain = encode_file(brightening_clip, tmp_path / "plain.agc", **options)
     assert plain.refreshes == 0 and _key_frames(tmp_path / "plain.agc") == [0]
-    stats = encode_file(brightening_clip, tmp_path / "r.agc", model="warp", refresh_drop_db=6)
+    stats = encode_file(brightening_clip, tmp_path / "r.agc", refresh_drop_db=6, **options)
     keys = _key_frames(tmp_path / "r.agc")
     # Checked every 5th frame: the first check on a lit frame asks, the next frame is key.
     assert keys == [0, CHANGE + 1] and stats.refreshes == 1
@@ -61,3 +62,26 @@ def test_no_refresh_before_the_minimum_gap(brightening_clip, tmp_path):
     packets = [p for f in frames for p in enc.encode(f)] + enc.flush()
     keys = [p.pts for p in packets if p.kind == PacketKind.KEYFRAME]
     assert keys == [0, 46] and enc.refreshes == 1  # the check at frame 45, the key at 46
+
+
+def test_a_refresh_inside_the_held_frames_starts_a_searched_segment(
+    brightening_clip, tmp_path, monkeypatch
+):
+    """With key-frame search the frames wait while the key is chosen; a refresh asked for
+    while they are coded starts a new segment with the frames left, its key searched too."""
+    import encoder.encoder as encoder_module
+
+    # The first segment keeps its first (dark) frame; the next takes its middle frame.
+    monkeypatch.setattr(
+        encoder_module, "choose_key", lambda faces: 0 if faces[0].index == 0 else len(faces) // 2
+    )
+    stats = encode_file(brightening_clip, tmp_path / "s.agc", model="warp", refresh_drop_db=6)
+    with open(tmp_path / "s.agc", "rb") as f:
+        starts = [(p.kind, p.pts) for p in AgcReader(f) if p.kind in KEY_KINDS]
+    assert starts == [(PacketKind.KEYFRAME, 0), (PacketKind.REFERENCE, CHANGE + 1)]
+    assert stats.refreshes == 1 and stats.frames == 75
+    decoded = tmp_path / "s.mkv"
+    assert decode_file(tmp_path / "s.agc", decoded, backend="warp").frames == 75
+    shown = list(read_frames(decoded))
+    lit = list(read_frames(brightening_clip))
+    assert shown[CHANGE + 1].mean() > lit[0].mean() + 40  # rendered from the lit reference

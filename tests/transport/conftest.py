@@ -24,11 +24,12 @@ def source_frames(example_clip) -> list:
 @pytest.fixture(scope="session")
 def agc_stream(example_clip, tmp_path_factory) -> tuple[bytes, list[bytes]]:
     """(header bytes, packet bytes) of the example clip's first 20 frames, END excluded,
-    packed as a call sends them: a frame a packet (no MOTION_GROUP)."""
+    packed as a call sends them: a frame a packet (no MOTION_GROUP), each key frame shown
+    (no REFERENCE)."""
     from codec.commands import encode_file
 
     path = tmp_path_factory.mktemp("agc") / "clip.agc"
-    encode_file(example_clip, path, max_frames=20, motion_group=1)
+    encode_file(example_clip, path, max_frames=20, motion_group=1, key_search=0)
     data = path.read_bytes()
     reader = AgcReader(io.BytesIO(data))
     packets = [p.to_bytes() for p in reader]

@@ -110,12 +110,12 @@ def test_newer_major_version_is_a_clear_error_and_a_clean_end(
 ):
     header, packets = agc_stream
     newer = bytearray(header)
-    newer[4] = 3  # the major version byte after the magic
+    newer[4] = 4  # the major version byte after the magic
     receiver = start_receiver()
     with pytest.raises(grpc.RpcError) as e:
         raw(receiver.port, [pb.Media(header=bytes(newer)), pb.Media(packet=packets[0])])
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "version 3.0 is not supported" in e.value.details()
+    assert "version 4.0 is not supported" in e.value.details()
 
     class NewerHeader:
         def __init__(self, h) -> None:
@@ -123,12 +123,12 @@ def test_newer_major_version_is_a_clear_error_and_a_clean_end(
 
         def to_bytes(self) -> bytes:
             b = bytearray(self._h.to_bytes())
-            b[4] = 3
+            b[4] = 4
             return bytes(b)
 
     encoder = encoder_factory()
     encoder.header = NewerHeader(encoder.header)
-    with pytest.raises(TransportError, match="version 3.0 is not supported"):
+    with pytest.raises(TransportError, match="version 4.0 is not supported"):
         call(receiver.port, encoder, source_frames)
     # The receiver ended those calls cleanly and takes the next one.
     controls = raw(receiver.port, [pb.Media(header=header), pb.Media(packet=packets[0])])

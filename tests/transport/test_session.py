@@ -111,16 +111,17 @@ def test_undecodable_packet_counts_as_damage():
     assert "out of order" in s.last_error
 
 
-def test_motion_group_in_a_call_is_damage():
-    """Files group frames; a call sends a frame a packet: a group resyncs at a key frame."""
+@pytest.mark.parametrize("kind", [PacketKind.MOTION_GROUP, PacketKind.REFERENCE])
+def test_file_only_packets_in_a_call_are_damage(kind):
+    """Files group frames and send searched key frames unshown; a call sends a frame a
+    packet, each key frame shown: either resyncs at a key frame."""
     s, _ = make_session()
     s.on_header(HEADER.to_bytes())
     s.poll_requests()
     s.on_packet(key(0))
-    group = Packet(PacketKind.MOTION_GROUP, 1, b"\x02").to_bytes()
-    assert s.on_packet(group) is None
+    assert s.on_packet(Packet(kind, 1, b"\x02").to_bytes()) is None
     assert s.poll_requests() == [(Reason.DAMAGE, 2)]
-    assert "MOTION_GROUP" in s.last_error and s.state is ReceiverState.WAITING_KEYFRAME
+    assert kind.name in s.last_error and s.state is ReceiverState.WAITING_KEYFRAME
     assert s.snapshot().frames_dropped == 1
 
 
@@ -154,8 +155,8 @@ def test_header_errors_and_protocol_order():
     with pytest.raises(BitstreamError, match="before the stream header"):
         s.on_packet(key(0))
     newer = bytearray(HEADER.to_bytes())
-    newer[4] = 3  # major version
-    with pytest.raises(UnsupportedVersionError, match="3.0 is not supported"):
+    newer[4] = 4  # major version
+    with pytest.raises(UnsupportedVersionError, match="4.0 is not supported"):
         s.on_header(bytes(newer))
     s.on_header(HEADER.to_bytes())
     with pytest.raises(BitstreamError, match="second stream header"):
