@@ -546,6 +546,16 @@ def test_motion_group_golden_bytes() -> None:
     assert sum(len(Packet(PacketKind.MOTION, pts, w).to_bytes()) for pts, w in chunks) == 29
 
 
+def test_reference_golden_bytes() -> None:
+    """The REFERENCE example of docs/bitstream.md, "Worked example": KEYFRAME's payload
+    under kind 6, and the frame at its pts comes as motion."""
+    data = Packet(PacketKind.REFERENCE, 0, b"key").to_bytes()
+    assert data == bytes.fromhex("060003" "6b6579" "eb9fff00")  # fmt: skip
+    assert read_stream(write_stream(HEADER, [Packet(PacketKind.REFERENCE, 0, b"key")]))[1][0] == (
+        Packet(PacketKind.REFERENCE, 0, b"key")
+    )
+
+
 def test_motion_group_writer_checks() -> None:
     with pytest.raises(ValueError, match="consecutive"):
         group_motion([(1, b""), (3, b"")])
