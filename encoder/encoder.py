@@ -13,7 +13,10 @@ Motion goes out a packet a frame, or `motion_group` frames a packet (files).
 Key frames: the first frame, every crop re-centre, every `keyframe_interval` frames
 (0: never for that reason) and on `request_keyframe()` (a receiver's request). Each is
 coded at `key_quality`, or, under a rate target (`target_kbps`), at the best quality
-whose size fits what the stream may still spend until the segment ends.
+whose size fits what the stream may still spend until the segment ends. With
+`key_search` (files) these events start a segment whose first frames are held while
+`choose_key` picks the picture to animate them from: a later frame goes out first as a
+REFERENCE (not shown), the first frame as a plain KEYFRAME.
 """
 
 from __future__ import annotations
