@@ -360,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="KBPS",
         help="rate target in kbit/s, everything included: each key frame gets the best "
-        "quality that fits what is left of it after the motion (replaces --key-quality; "
-        "default 0: off)",
+        "quality that fits what is left of it after the motion and low-pass updates, "
+        "which are sent only while they fit (replaces --key-quality; default 0: off)",
     )
     e.add_argument(
         "--keyframe-interval",

@@ -52,6 +52,10 @@ from .pipeline import FaceFrame, FacePipeline, PipelineConfig
 # it (a live call: 10 s at 25 fps).
 MOTION_PRIOR_BYTES = 7
 RATE_HORIZON_FRAMES = 250
+# ... and what a low-pass update costs until the stream has sent some, per update looked
+# at (gated ones skipped: the val clips with key search, torch, every 5 frames, sent about
+# 16 bytes per 5 frames, docs/results.md).
+LOWPASS_PRIOR_BYTES = 16
 
 # Key-frame search (MAX_KEY_SEARCH held frames: about 150 MB of crops): of the held
 # frames, KEY_CANDIDATES evenly spaced ones are tried as the key, each judged on
@@ -90,7 +94,7 @@ class EncoderConfig:
     # Rate target in kbit/s (header, framing and motion included): each key frame gets the
     # best quality whose size fits what the stream may spend by the end of its segment
     # (the header's frame count, the key-frame interval, or RATE_HORIZON_FRAMES), less the
-    # motion expected until then. 0: every key frame at `key_quality`.
+    # motion and low-pass updates expected until then. 0: every key frame at `key_quality`.
     target_kbps: float = 0.0
     # Key-frame search (files): a segment's first `key_search` frames wait while the sender
     # picks the one whose picture, warped to the others' landmarks, matches them best; it
@@ -158,6 +162,10 @@ class Encoder:
         end = Packet(PacketKind.END, 0, binary.varint(2**14 - 1))
         self._bytes_sent = len(self.header.to_bytes()) + len(end.to_bytes())
         self._motion_bytes = self._motion_frames = 0  # what motion has cost so far
+        self._lowpass_bytes = 0  # and the low-pass updates
+        # The current segment under a rate target: the frame its budget runs to, and the
+        # frames of motion it is to send and has sent (a low-pass update must fit too).
+        self._segment_end = self._segment_motion = self._segment_sent = 0
 
     def request_keyframe(self) -> None:
         """The next frame becomes a key frame."""
@@ -240,6 +248,9 @@ class Encoder:
         # The motion coder numbers the frames after the intra-coded ones from here.
         lm_bytes, decoded_points = self.motion.intra(key.landmarks, pts if shown else pts - 1)
         fields = binary.u8(self._codec) + binary.length_prefixed(lm_bytes)
+        if self.config.target_kbps > 0:
+            self._segment_end = pts + self._horizon(pts)
+            self._segment_motion, self._segment_sent = self._segment_end - pts - shown, 0
         image = self._key_image(crop, pts, len(fields))
         payload = fields + image
         if self._renders:
@@ -288,6 +299,9 @@ class Encoder:
             if p.kind in MOTION_KINDS:
                 self._motion_bytes += size
                 self._motion_frames += len(motion_chunks(p))
+                self._segment_sent += len(motion_chunks(p))
+            elif p.kind == PacketKind.LOWPASS:
+                self._lowpass_bytes += size
         return packets
 
     def _key_image(self, crop: np.ndarray, pts: int, field_bytes: int) -> bytes:
@@ -315,15 +329,43 @@ class Encoder:
 
     def _key_budget(self, pts: int) -> float:
         """Bytes the key frame at `pts` may take: what the target allows by the end of its
-        segment, less what was sent and the motion expected until then."""
-        per_frame = self.config.target_kbps * 125 / float(self.header.fps)  # kbit/s -> B/frame
+        segment, less what was sent and the motion and low-pass updates expected until then
+        (what they have cost a frame so far, or the priors before any was sent)."""
+        horizon = self._horizon(pts)
+        if self._motion_frames:
+            side = (self._motion_bytes + self._lowpass_bytes) / self._motion_frames
+        else:
+            side = MOTION_PRIOR_BYTES
+            if self.lowpass is not None:
+                side += LOWPASS_PRIOR_BYTES / self.config.lowpass_interval
+        return self._bytes_per_frame() * (pts + horizon) - self._bytes_sent - side * (horizon - 1)
+
+    def _bytes_per_frame(self) -> float:
+        return self.config.target_kbps * 125 / float(self.header.fps)  # kbit/s -> B/frame
+
+    def _horizon(self, pts: int) -> int:
+        """Frames the segment starting at pts is budgeted for: up to the stream's end, the
+        next forced key frame, or RATE_HORIZON_FRAMES where neither is known."""
         remaining = self.header.frame_count - pts
         bounds = [n for n in (self.config.keyframe_interval, remaining) if n > 0]
-        horizon = min(bounds) if bounds else RATE_HORIZON_FRAMES
+        return min(bounds) if bounds else RATE_HORIZON_FRAMES
+
+    def _fits_target(self, nbytes: int) -> bool:
+        """Whether a low-pass update of nbytes leaves the segment within the rate target:
+        what was sent, the updates waiting, it, and the segment's motion still to come (at
+        its cost so far) against what the target allows by the segment's end."""
+        if self.config.target_kbps <= 0:
+            return True
         motion = (
             self._motion_bytes / self._motion_frames if self._motion_frames else MOTION_PRIOR_BYTES
         )
-        return per_frame * (pts + horizon) - self._bytes_sent - motion * (horizon - 1)
+        waiting = sum(
+            len(Packet(PacketKind.LOWPASS, pts, u).to_bytes())
+            for pts, u in self._lowpass_updates.items()
+        )
+        to_come = motion * max(0, self._segment_motion - self._segment_sent)
+        spent = self._bytes_sent + waiting + nbytes + to_come
+        return spent <= self._bytes_per_frame() * self._segment_end
 
     def _check_quality(self, crop: np.ndarray, rendered: np.ndarray) -> None:
         """Asks for a key frame next where the frame the receiver shows has fallen too far
@@ -343,7 +385,8 @@ class Encoder:
         if self.config.motion_group > 1:  # the update also cuts a motion group in two
             nbytes += len(Packet(PacketKind.MOTION_GROUP, pts, b"\x02").to_bytes())
         bits = 8 * nbytes
-        return min_gain <= 0 or update.gain_db >= min_gain * bits / 1000
+        worth = min_gain <= 0 or update.gain_db >= min_gain * bits / 1000
+        return worth and self._fits_target(nbytes)
 
     def _sender_renderer(self):
         if self._renderer is None:

@@ -84,6 +84,29 @@ def test_the_best_quality_that_fits(example, monkeypatch):
     assert len(key.to_bytes()) - tried[q] + tried[q + 1] > 1500
 
 
+def test_low_pass_updates_stay_within_the_target(example, tmp_path, monkeypatch):
+    """With every low-pass update asked for (no gain gate), the key frame leaves room for
+    the updates' prior and the updates stop where the segment would overrun the target;
+    without that check the same stream overshoots."""
+    from encoder.encoder import Encoder
+
+    def rate(name: str) -> float:
+        encode_file(
+            example,
+            tmp_path / name,
+            model="warp",
+            target_kbps=6,
+            lowpass_interval=5,
+            lowpass_min_gain=0,
+        )
+        return _kbps(tmp_path / name)[0]
+
+    capped = rate("capped.agc")
+    assert capped <= 6 * 1.02
+    monkeypatch.setattr(Encoder, "_fits_target", lambda self, nbytes: True)
+    assert rate("uncapped.agc") > 6 * 1.1
+
+
 def test_a_target_too_low_takes_the_lowest_quality(example, tmp_path):
     stats = encode_file(example, tmp_path / "low.agc", model="warp", target_kbps=0.5)
     assert stats.key_qualities == [0]
