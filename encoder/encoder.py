@@ -133,6 +133,9 @@ class Encoder:
         size = config.pipeline.crop.size
         self.motion = MotionEncoder(config.motion, shape_model, size)
         self.camera = CameraTracker(size) if config.motion.camera else None
+        # Picks a held segment's key frame (the evaluation swaps in one that remembers its
+        # answers: every operating point of a clip holds the same frames).
+        self.choose_key = choose_key
         self.header = Header(
             width=size,
             height=size,
@@ -216,7 +219,7 @@ class Encoder:
         faces, self._window = self._window or [], None
         packets: list[Packet] = []
         while faces:
-            k = choose_key(faces)
+            k = self.choose_key(faces)
             key = faces[k]
             # Where the first frame is best: a plain KEYFRAME, as without the search.
             packets += self._start_segment(key, faces[0].index)

@@ -88,6 +88,34 @@ def test_rate_targets_are_a_curve_of_their_own(tmp_path):
     assert "--target-kbps 4 8" in command and "--key-qualities" not in command
 
 
+def test_the_key_search_runs_once_per_clip(tmp_path, monkeypatch):
+    """Every operating point of a clip holds the same frames: the key frame is searched
+    once, each point gets the same answer and is charged the search's time."""
+    import encoder.encoder as encoder_module
+    from codec.evaluation.runner import GRACE, EvalConfig, Run, _code_grace, _prepare
+    from codec.example import write_example_clip
+
+    write_example_clip(tmp_path / "example.mp4", seconds=2, fps=25)
+    clip = _prepare(tmp_path / "example.mp4", None)
+    calls = []
+
+    def counted(faces):
+        calls.append(len(faces))
+        return 20
+
+    monkeypatch.setattr(encoder_module, "choose_key", counted)
+    codings = [
+        _code_grace(clip, Run(GRACE, "warp", key_quality=q, keyframe_interval=0), EvalConfig())
+        for q in (20, 60)
+    ]
+    window = tuple(range(len(clip.faces)))
+    assert calls == [len(window)] and clip.key_choices[window][0] == 20
+    search_seconds = clip.key_choices[window][1]
+    for coded in codings:
+        assert len(coded.frames) == len(window)
+        assert coded.encode_seconds >= clip.pipeline_seconds + search_seconds
+
+
 @pytest.mark.slow
 def test_quick_eval_on_two_real_clips(data_dir, tmp_path):
     out = tmp_path / "eval"
