@@ -1,6 +1,6 @@
 """Landmark-driven dense motion (outside the network: ARM side on the board).
 
-A fixed triangulation over [68 landmarks, a ring around the face that follows the head's
+A fixed triangulation over [68 landmarks, a ring around the face that follows the skull's
 similarity motion, points on the crop border that follow the camera] gives a
 piecewise-affine backward map: for every output pixel, where to fetch it in the
 reference frame. The `warp` backend applies it directly; the learned generator starts
@@ -24,6 +24,11 @@ from ..motion import NUM_LANDMARKS, default_shape_model, similarity_fit
 
 RING_POINTS = 16
 RING_RADIUS = 1.9  # in RMS face radii: beyond the jaw, around hair and neck
+# The ring (hair, head outline) moves with the skull: its similarity is fitted on the
+# landmarks fixed to it, the upper jaw line by the ears and the eyes, not on the chin,
+# lips and brows that move with speech and expression (docs/results.md, "The ring
+# follows the skull").
+SKULL_POINTS = (0, 1, 2, 3, 4, 12, 13, 14, 15, 16, *range(36, 48))
 BORDER_STEPS = 4  # points per crop side
 
 
@@ -76,7 +81,8 @@ def backward_map(
     target_points = np.asarray(target_landmarks, np.float64)
     ref, target = ref_points[:NUM_LANDMARKS], target_points[:NUM_LANDMARKS]
     ref_ring, border = _ring(ref), _border(width, height)
-    pose = similarity_fit(ref, target)
+    skull = list(SKULL_POINTS)
+    pose = similarity_fit(ref[skull], target[skull])
     ring = ref_ring @ pose[:, :2].T + pose[:, 2]
     moved, outside = border, np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
     if len(ref_points) > NUM_LANDMARKS and len(target_points) > NUM_LANDMARKS:

@@ -60,6 +60,25 @@ def test_camera_points_move_the_background_with_the_face():
     assert np.abs(still.astype(int) - img).max() <= 1
 
 
+def test_ring_follows_the_skull_not_the_open_mouth():
+    """Opening the mouth (chin, lower jaw and lips down 12 px) moves the lower face but not
+    the ring: the hair and head outline stay where the key frame has them."""
+    from codec.generators.flow import SKULL_POINTS, _ring, backward_map
+
+    ref = face_landmarks().astype(np.float64)
+    target = ref.copy()
+    mouth = [*range(5, 12), *range(48, 68)]
+    target[mouth, 1] += 12.0
+    assert not set(mouth) & set(SKULL_POINTS)
+    map_x, map_y = backward_map(ref, target, 256, 256)
+    for x, y in _ring(ref).round().astype(int):
+        x, y = np.clip([x, y], 0, 255)
+        assert abs(map_x[y, x] - x) < 0.5 and abs(map_y[y, x] - y) < 0.5
+    # The chin itself does move: it is fetched from 12 px higher up in the key frame.
+    cx, cy = ref[8].round().astype(int)
+    assert map_y[cy + 12, cx] == pytest.approx(cy, abs=1.0)
+
+
 def test_similarity_fit_recovers_a_known_transform():
     rng = np.random.default_rng(0)
     src = rng.normal(size=(20, 2)) * 30

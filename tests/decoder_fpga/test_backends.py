@@ -204,7 +204,8 @@ def _straightforward_network_inputs(ref_lm, lm, size):
     from codec.generators import flow
 
     ref_ring, border = flow._ring(ref_lm), flow._border(size, size)
-    pose = flow.similarity_fit(ref_lm, lm)
+    skull = list(flow.SKULL_POINTS)
+    pose = flow.similarity_fit(ref_lm[skull], lm[skull])
     ring = ref_ring @ pose[:, :2].T + pose[:, 2]
     src, dst = np.vstack([ref_lm, ref_ring, border]), np.vstack([lm, ring, border])
     tri = flow._triangles(size, size)
