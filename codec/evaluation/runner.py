@@ -152,10 +152,10 @@ def find_clips(source: str | os.PathLike, split: str | None = "val") -> list[Pat
     return clips
 
 
-class _Replay:
+class ReplayPipeline:
     """Stands in for the Encoder's FacePipeline: hands back the FaceFrames stored earlier,
     so tracking runs once per clip, not once per operating point. `Encoder.encode` is
-    given a FaceFrame instead of a source frame."""
+    given a FaceFrame instead of a source frame (the tests feed made-up crops so too)."""
 
     lost_frames = 0
 
@@ -175,9 +175,7 @@ class _ClipData:
     lost_frames: int
     # The key-frame search's answer and its seconds per held window (frame indices): the
     # same for every operating point of the clip, so searched once and charged to each.
-    key_choices: dict[tuple[int, ...], tuple[int, float]] = dataclasses.field(
-        default_factory=dict
-    )
+    key_choices: dict[tuple[int, ...], tuple[int, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def crops(self) -> list[np.ndarray]:
@@ -255,7 +253,7 @@ def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
         key_search=config.key_search,
     )
     enc = Encoder(enc_config, clip.fps, size, size, frame_count=len(clip.faces))  # as encode's
-    enc.pipeline = _Replay()
+    enc.pipeline = ReplayPipeline()
     searched, fresh = [], []  # seconds of this run's key searches, all and run here
 
     def choose(faces: list[Any]) -> int:

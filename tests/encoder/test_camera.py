@@ -50,19 +50,11 @@ def test_a_panning_stream_decodes_with_the_background_following():
 
     from codec.bitstream import AgcReader, AgcWriter
     from codec.decoder import Decoder
+    from codec.evaluation.runner import ReplayPipeline
     from codec.motion import MotionConfig
     from encoder.crop import CropBox
     from encoder.encoder import Encoder, EncoderConfig
     from encoder.pipeline import FaceFrame
-
-    class Replay:  # the frames are crops already: no face tracking
-        lost_frames = 0
-
-        def process(self, face):
-            return [face]
-
-        def finish(self):
-            pass
 
     # The camera pans over a still scene: the background and the head move left together.
     pans = [0.6 * t for t in range(20)]
@@ -71,7 +63,7 @@ def test_a_panning_stream_decodes_with_the_background_following():
     for camera in (True, False):
         config = EncoderConfig(key_quality=90, motion=MotionConfig(camera=camera))
         enc = Encoder(config, Fraction(25), 256, 256, frame_count=len(crops))
-        enc.pipeline = Replay()
+        enc.pipeline = ReplayPipeline()  # the frames are crops already: no face tracking
         buf = io.BytesIO()
         writer = AgcWriter(buf, enc.header)
         for i, crop in enumerate(crops):

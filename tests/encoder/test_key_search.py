@@ -11,6 +11,7 @@ import pytest
 from codec.bitstream import KEY_KINDS, AgcReader, AgcWriter, Header, Packet, PacketKind
 from codec.decoder import Decoder
 from codec.errors import BitstreamError
+from codec.evaluation.runner import ReplayPipeline
 from codec.motion import MotionConfig, mean_face
 from encoder.crop import CropBox
 from encoder.encoder import Encoder, EncoderConfig, choose_key
@@ -50,21 +51,11 @@ def test_a_still_scene_keeps_its_first_frame():
     assert choose_key(faces_of([0.0])) == 0
 
 
-class Replay:  # the frames are crops already: no face tracking
-    lost_frames = 0
-
-    def process(self, face):
-        return [face]
-
-    def finish(self):
-        pass
-
-
 def code(faces: list[FaceFrame], **config) -> tuple[Header, list[Packet], list[np.ndarray]]:
     """Encoder -> .agc bytes -> Decoder (warp): the header, packets and frames shown."""
     config = EncoderConfig(key_quality=90, **config)
     enc = Encoder(config, Fraction(25), 256, 256, frame_count=len(faces))
-    enc.pipeline = Replay()
+    enc.pipeline = ReplayPipeline()  # the frames are crops already: no face tracking
     buf = io.BytesIO()
     writer = AgcWriter(buf, enc.header)
     for face in faces:
