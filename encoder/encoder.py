@@ -335,13 +335,18 @@ class Encoder:
         segment, less what was sent and the motion and low-pass updates expected until then
         (what they have cost a frame so far, or the priors before any was sent)."""
         horizon = self._horizon(pts)
+        side = self._motion_per_frame()
         if self._motion_frames:
-            side = (self._motion_bytes + self._lowpass_bytes) / self._motion_frames
-        else:
-            side = MOTION_PRIOR_BYTES
-            if self.lowpass is not None:
-                side += LOWPASS_PRIOR_BYTES / self.config.lowpass_interval
+            side += self._lowpass_bytes / self._motion_frames
+        elif self.lowpass is not None:
+            side += LOWPASS_PRIOR_BYTES / self.config.lowpass_interval
         return self._bytes_per_frame() * (pts + horizon) - self._bytes_sent - side * (horizon - 1)
+
+    def _motion_per_frame(self) -> float:
+        """Bytes a frame's motion has cost so far, or the prior before any was sent."""
+        if not self._motion_frames:
+            return MOTION_PRIOR_BYTES
+        return self._motion_bytes / self._motion_frames
 
     def _bytes_per_frame(self) -> float:
         return self.config.target_kbps * 125 / float(self.header.fps)  # kbit/s -> B/frame
@@ -359,14 +364,11 @@ class Encoder:
         its cost so far) against what the target allows by the segment's end."""
         if self.config.target_kbps <= 0:
             return True
-        motion = (
-            self._motion_bytes / self._motion_frames if self._motion_frames else MOTION_PRIOR_BYTES
-        )
         waiting = sum(
             len(Packet(PacketKind.LOWPASS, pts, u).to_bytes())
             for pts, u in self._lowpass_updates.items()
         )
-        to_come = motion * max(0, self._segment_motion - self._segment_sent)
+        to_come = self._motion_per_frame() * max(0, self._segment_motion - self._segment_sent)
         spent = self._bytes_sent + waiting + nbytes + to_come
         return spent <= self._bytes_per_frame() * self._segment_end
 

@@ -29,6 +29,7 @@ RING_RADIUS = 1.9  # in RMS face radii: beyond the jaw, around hair and neck
 # lips and brows that move with speech and expression (docs/results.md, "The ring
 # follows the skull").
 SKULL_POINTS = (0, 1, 2, 3, 4, 12, 13, 14, 15, 16, *range(36, 48))
+_SKULL = list(SKULL_POINTS)  # as an index (a tuple would index several axes)
 BORDER_STEPS = 4  # points per crop side
 
 
@@ -81,8 +82,7 @@ def backward_map(
     target_points = np.asarray(target_landmarks, np.float64)
     ref, target = ref_points[:NUM_LANDMARKS], target_points[:NUM_LANDMARKS]
     ref_ring, border = _ring(ref), _border(width, height)
-    skull = list(SKULL_POINTS)
-    pose = similarity_fit(ref[skull], target[skull])
+    pose = similarity_fit(ref[_SKULL], target[_SKULL])
     ring = ref_ring @ pose[:, :2].T + pose[:, 2]
     moved, outside = border, np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
     if len(ref_points) > NUM_LANDMARKS and len(target_points) > NUM_LANDMARKS:
