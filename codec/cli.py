@@ -39,6 +39,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         detector=args.landmarks,
         motion_step=args.motion_step,
         camera_motion=not args.no_camera_motion,
+        ring_motion=not args.no_ring_motion,
         lowpass_interval=args.lowpass_interval,
         lowpass_min_gain=args.lowpass_min_gain,
         motion_group=args.motion_group,
@@ -185,6 +186,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ),
         backends=tuple(args.backends) if args.backends else config.backends,
         camera_motion=not args.no_camera_motion,
+        ring_motion=not args.no_ring_motion,
         lowpass_interval=args.lowpass_interval,
         lowpass_min_gain=args.lowpass_min_gain,
         motion_group=args.motion_group,
@@ -273,7 +275,13 @@ def _add_sender_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
         "--no-camera-motion",
         action="store_true",
         help=prefix + "do not track and send the camera's motion (a still camera: the background "
-        "stays where the key frame has it)",
+        "stays where the key frame has it; no ring motion either)",
+    )
+    p.add_argument(
+        "--no-ring-motion",
+        action="store_true",
+        help=prefix + "do not track and send the motion of the ring around the face (hair, head "
+        "outline): the receiver moves it with the skull",
     )
     p.add_argument(
         "--lowpass-interval",

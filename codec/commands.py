@@ -94,6 +94,7 @@ def encode_file(
     detector: str = "dlib",
     motion_step: float | None = None,
     camera_motion: bool = True,
+    ring_motion: bool = True,
     lowpass_interval: int = 0,
     lowpass_min_gain: float = DEFAULT_MIN_GAIN,
     motion_group: int = FILE_MOTION_GROUP,
@@ -113,7 +114,7 @@ def encode_file(
     check_writable(output_path)
     model_id, model_digest = _stream_model(model)
     info = probe_video(input_path)
-    motion = MotionConfig(camera=camera_motion)
+    motion = MotionConfig(camera=camera_motion, ring=ring_motion)
     if motion_step is not None:
         motion = dataclasses.replace(motion, step_px=motion_step)
     config = EncoderConfig(

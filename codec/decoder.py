@@ -131,8 +131,8 @@ class Decoder:
 
     def _motion(self, packet: Packet) -> list[np.ndarray]:
         """Decodes a MOTION or MOTION_GROUP packet's frames, each frame's motion points
-        float32 (68, 2), or (72, 2) with the camera's (`codec.motion`); generators take
-        either."""
+        float32 (68, 2), (72, 2) with the camera's, (88, 2) with the ring's too
+        (`codec.motion`); generators take any of them."""
         if self.needs_keyframe:
             raise BitstreamError(f"motion at pts {packet.pts} without a preceding key frame")
         try:

@@ -2,7 +2,10 @@
 
 A frame's motion points are its 68 landmarks and, when the stream carries camera motion
 (`MotionConfig.camera`), four more: where the key frame's crop corners are in this frame
-(the background under a panning or zooming camera, `encoder.camera`), float (72, 2).
+(the background under a panning or zooming camera, `encoder.camera`), float (72, 2); and
+when it carries ring motion too (`MotionConfig.ring`), sixteen more: where the points of
+the key frame's ring around the face (hair, head outline) are in this frame
+(`encoder.ring`), float (88, 2).
 
 Pipeline (encoder and decoder run the same arithmetic, so the encoder knows exactly the
 landmarks the receiver reconstructs):
@@ -12,7 +15,10 @@ landmarks the receiver reconstructs):
    (`codec/assets/shape_model.npz`) reduces to `num_coeffs` coefficients. A frame is
    then a parameter vector ``[cx, cy, log_s, theta, b_1 .. b_k]``, followed, with camera
    motion, by the similarity that moves the key frame's corners, ``[tx, ty, a, b]`` (about
-   the crop centre: p' = c + [[1 + a, -b], [b, 1 + a]] (p - c) + t; zero at a key frame).
+   the crop centre: p' = c + [[1 + a, -b], [b, 1 + a]] (p - c) + t; zero at a key frame),
+   and, with ring motion, by how far the ring is from where the skull's similarity puts
+   it: that offset around the ring as a short Fourier series (`RING_HARMONICS`), its x
+   and y coefficients (zero at a key frame, and wherever the hair moves with the skull).
 2. **Quantise** each parameter with a uniform step derived from one knob, the motion
    step in crop pixels.
 3. **Predict** each parameter from the previous *decoded* frame (closed-loop DPCM), so
@@ -45,8 +51,10 @@ from . import binary
 from .errors import BitstreamError
 
 MOTION_CODER_VERSION = 2  # bump when anything that changes the coded bits changes
-# 1: landmarks only; 2: + a flags byte (bit 0: camera motion). Both decode.
+# 1: landmarks only; 2: + a flags byte (bit 0: camera motion, bit 1: ring motion). Both
+# decode; a decoder older than the ring flag refuses such a stream by its flags.
 FLAG_CAMERA = 1
+FLAG_RING = 2
 ALPHABET_HALF = 12  # residual indices -12..12 get their own symbol
 ESCAPE = 2 * ALPHABET_HALF + 1  # then a raw 16-bit zigzag value follows
 ALPHABET = ESCAPE + 1
@@ -56,7 +64,22 @@ COUNT_LIMIT = 1 << 13  # halve the counts above this total: forget old statistic
 NUM_POSE = 4  # cx, cy, log_s, theta
 NUM_CAMERA = 4  # tx, ty, a, b
 MAX_CAMERA_ZOOM = 0.5  # |a|, |b| beyond this is a damaged stream, not a camera
+# The ring around the face (codec.generators.flow): its points sit RING_RADIUS RMS face
+# radii from the landmarks' centroid, beyond the jaw, around hair and neck.
+RING_POINTS = 16
+RING_RADIUS = 1.9
+# Without ring motion the ring moves with the skull: the similarity of the landmarks fixed
+# to it, the upper jaw line by the ears and the eyes, not the chin, lips and brows that
+# move with speech and expression (docs/results.md, "The ring follows the skull").
+SKULL_POINTS = (0, 1, 2, 3, 4, 12, 13, 14, 15, 16, *range(36, 48))
+_SKULL = list(SKULL_POINTS)  # as an index (a tuple would index several axes)
+# Ring motion: the ring's offset from the skull's pose, as harmonics 0..RING_HARMONICS
+# around it, x and y (a one-off trial on three val clips, not kept: 2 or 3 harmonics kept
+# most of what the sixteen free points gain).
+RING_HARMONICS = 3
+NUM_RING = 2 * (2 * RING_HARMONICS + 1)
 NUM_LANDMARKS = 68
+NUM_CORNERS = 4  # the camera's motion points
 LOOKAHEAD_WORDS = 2  # words a range decoder reads beyond its current position
 
 
@@ -192,6 +215,45 @@ def camera_to_corners(camera: np.ndarray, size: int) -> np.ndarray:
         return ((crop_corners(size, size) - c) @ m.T + c + [tx, ty]).astype(np.float32)
 
 
+def face_ring(landmarks: np.ndarray) -> np.ndarray:
+    """float64 (RING_POINTS, 2): the ring around a face's (68, 2) landmarks."""
+    pts = np.asarray(landmarks, np.float64)[:NUM_LANDMARKS]
+    c = pts.mean(0)
+    r = np.sqrt(((pts - c) ** 2).sum(1).mean()) * RING_RADIUS
+    ang = np.linspace(0, 2 * np.pi, RING_POINTS, endpoint=False)
+    return c + r * np.stack([np.cos(ang), np.sin(ang)], 1)
+
+
+def skull_ring(key_landmarks: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """float64 (RING_POINTS, 2): the key frame's ring moved by the skull's similarity
+    from the key frame's landmarks to these (both (68, 2) or longer motion points)."""
+    key = np.asarray(key_landmarks, np.float64)[:NUM_LANDMARKS]
+    now = np.asarray(landmarks, np.float64)[:NUM_LANDMARKS]
+    pose = similarity_fit(key[_SKULL], now[_SKULL])
+    return face_ring(key) @ pose[:, :2].T + pose[:, 2]
+
+
+@functools.cache
+def _ring_basis() -> np.ndarray:
+    """float64 (RING_POINTS, 2 RING_HARMONICS + 1): 1, cos, sin of each harmonic per point."""
+    ang = np.linspace(0, 2 * np.pi, RING_POINTS, endpoint=False)
+    cols = [np.ones(RING_POINTS)]
+    for h in range(1, RING_HARMONICS + 1):
+        cols += [np.cos(h * ang), np.sin(h * ang)]
+    return np.stack(cols, 1)
+
+
+def ring_to_params(offset: np.ndarray) -> np.ndarray:
+    """float (RING_POINTS, 2) ring offset from the skull's pose -> float64 (NUM_RING,)
+    least-squares harmonic coefficients, x's then y's."""
+    return (np.linalg.pinv(_ring_basis()) @ np.asarray(offset, np.float64)).T.reshape(-1)
+
+
+def params_to_ring(params: np.ndarray) -> np.ndarray:
+    """float64 (NUM_RING,) coefficients -> float64 (RING_POINTS, 2) ring offset."""
+    return _ring_basis() @ np.asarray(params, np.float64).reshape(2, -1).T
+
+
 def landmarks_to_params(landmarks: np.ndarray, model: ShapeModel, k: int) -> np.ndarray:
     """float (68, 2) crop px -> float64 (4 + k,) parameters [cx, cy, log_s, theta, b_1..b_k]."""
     pose, shape = similarity_normalise(landmarks, model.mean)
@@ -230,17 +292,34 @@ class MotionConfig:
 
     num_coeffs: PCA coefficients sent per frame.
     step_px: quantisation step of a shape coefficient, in crop pixels at the typical face
-        scale; pose and camera steps are derived from it (see `steps`).
+        scale; pose, camera and ring steps are derived from it (see `steps`).
     camera: each frame also carries the camera's motion since the key frame.
+    ring: each frame also carries the ring's offset from the skull's pose; with camera
+        motion only (the ring's points follow the corners' in the motion points), so
+        `camera=False` turns it off too.
     """
 
     num_coeffs: int = 20  # with the lighter smoothing, fewer bits than 60 and closer to the frame
     step_px: float = 1.25
     camera: bool = True
+    ring: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ring", self.ring and self.camera)  # frozen
 
     @property
     def num_params(self) -> int:
-        return NUM_POSE + self.num_coeffs + (NUM_CAMERA if self.camera else 0)
+        return (
+            NUM_POSE
+            + self.num_coeffs
+            + (NUM_CAMERA if self.camera else 0)
+            + (NUM_RING if self.ring else 0)
+        )
+
+    @property
+    def num_points(self) -> int:
+        """Motion points a frame decodes to: 68, 72 or 88."""
+        return NUM_LANDMARKS + NUM_CORNERS * self.camera + RING_POINTS * self.ring
 
     def steps(self, model: ShapeModel, size: int = 256) -> np.ndarray:
         """float64 (num_params,) quantisation step of each parameter.
@@ -250,19 +329,23 @@ class MotionConfig:
         The camera's steps move the middle of the crop's edges by half a coefficient step:
         the background needs less precision than the face (in a one-off trial on four val
         clips a quarter step cost about 1.5x the camera's bits for no measurable gain).
+        The ring's harmonics get 1.6 coefficient steps (2 px at the default step): in the
+        same trial as `RING_HARMONICS`, 1 px bought +0.002 MS-SSIM for 1.6x the bits.
         """
         q = self.step_px
         pose = [q / 4, q / 4, q / (4 * model.scale0), q / (4 * model.scale0)]
         camera = [q / 2, q / 2, q / size, q / size] if self.camera else []
-        return np.array(pose + [q / model.scale0] * self.num_coeffs + camera)
+        ring = [1.6 * q] * NUM_RING if self.ring else []
+        return np.array(pose + [q / model.scale0] * self.num_coeffs + camera + ring)
 
     def to_bytes(self, model: ShapeModel) -> bytes:
+        flags = (FLAG_CAMERA if self.camera else 0) | (FLAG_RING if self.ring else 0)
         return (
             binary.u8(MOTION_CODER_VERSION)
             + binary.length_prefixed(model.digest)
             + binary.u8(self.num_coeffs)
             + binary.varint(round(self.step_px * 1000))
-            + binary.u8(FLAG_CAMERA if self.camera else 0)
+            + binary.u8(flags)
         )
 
     @classmethod
@@ -281,9 +364,14 @@ class MotionConfig:
         flags = r.u8() if version >= 2 else 0
         if not 1 <= k <= model.max_coeffs or step <= 0:
             raise BitstreamError(f"motion parameters out of range (k={k}, step={step})")
-        if flags & ~FLAG_CAMERA:
+        if flags & ~(FLAG_CAMERA | FLAG_RING) or flags == FLAG_RING:
             raise BitstreamError(f"unknown motion coder flags 0x{flags:02x}")
-        return cls(num_coeffs=k, step_px=step, camera=bool(flags & FLAG_CAMERA))
+        return cls(
+            num_coeffs=k,
+            step_px=step,
+            camera=bool(flags & FLAG_CAMERA),
+            ring=bool(flags & FLAG_RING),
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -295,23 +383,24 @@ class _AdaptiveModels:
     """One frequency table per parameter, updated after every frame identically on both sides.
 
     Rows: the shape model's priors for the pose and shape parameters (when it has them),
-    then a still-camera prior for each camera parameter.
+    then a still prior for each camera and ring parameter (`still` rows).
     """
 
-    def __init__(self, n: int, prior: np.ndarray | None, camera: int = 0):
+    def __init__(self, n: int, prior: np.ndarray | None, still_rows: int = 0):
         dist = np.abs(np.arange(ALPHABET) - ALPHABET_HALF)
-        m = n - camera
+        m = n - still_rows
         if prior is not None and prior.shape[0] >= m:
             rows = prior[:m].astype(np.int64)
         else:  # a generic peaked prior: zero residuals are the most likely
             row = np.maximum(1, (256 * 0.5**dist).astype(np.int64))
             row[ESCAPE] = 1
             rows = np.tile(row, (m, 1))
-        # A still camera sends zeros frame after frame: start sure of them (a pan's first
-        # few frames cost a few bits more until the counts adapt).
+        # A still camera (a ring that moves with the skull) sends zeros frame after frame:
+        # start sure of them (a pan's first few frames cost a few bits more until the
+        # counts adapt).
         still = np.maximum(1, (4096 * 0.0625**dist).astype(np.int64))
         still[ESCAPE] = 1
-        self.initial = np.vstack([rows, np.tile(still, (camera, 1))])
+        self.initial = np.vstack([rows, np.tile(still, (still_rows, 1))])
         self.reset()
 
     def reset(self) -> None:
@@ -350,7 +439,10 @@ def _residual_symbols(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Predictor:
-    """Closed-loop state shared by both sides: decoded indices and the coder context."""
+    """Closed-loop state shared by both sides: decoded indices and the coder context.
+
+    The parameter vector: pose and PCA coefficients (`num_shape`), then the camera's
+    (`num_camera`), then the ring's (`num_ring`)."""
 
     def __init__(self, config: MotionConfig, model: ShapeModel, size: int):
         self.config = config
@@ -359,36 +451,52 @@ class _Predictor:
         self.steps = config.steps(model, size)
         self.n = config.num_params
         self.num_camera = NUM_CAMERA if config.camera else 0
-        self.num_shape = self.n - self.num_camera  # pose and PCA coefficients, first
-        self.models = _AdaptiveModels(self.n, model.prior_counts, self.num_camera)
+        self.num_ring = NUM_RING if config.ring else 0
+        self.num_shape = self.n - self.num_camera - self.num_ring
+        self.models = _AdaptiveModels(self.n, model.prior_counts, self.num_camera + self.num_ring)
         self.previous: np.ndarray | None = None  # int64 (n,) decoded indices
         self.detail_step = config.step_px / (2 * model.scale0)
         self.detail = np.zeros(136)  # the key frame's shape detail outside the PCA basis
+        self.key_landmarks = np.zeros((NUM_LANDMARKS, 2))  # decoded: the ring's pose base
 
     def to_params(self, points: np.ndarray) -> np.ndarray:
-        """Motion points (68 or 72, 2) -> float64 (n,) parameters (a missing camera: still)."""
+        """Motion points (68, 72 or 88, 2) -> float64 (n,) parameters (a missing camera:
+        still; a missing ring: with the skull)."""
         points = np.asarray(points, np.float64)
-        params = landmarks_to_params(points[:NUM_LANDMARKS], self.model, self.config.num_coeffs)
-        if not self.num_camera:
-            return params
-        if len(points) > NUM_LANDMARKS:
-            camera = corners_to_camera(points[NUM_LANDMARKS:], self.size)
-        else:
-            camera = np.zeros(NUM_CAMERA)
-        return np.concatenate([params, camera])
+        landmarks = points[:NUM_LANDMARKS]
+        params = [landmarks_to_params(landmarks, self.model, self.config.num_coeffs)]
+        corners = points[NUM_LANDMARKS : NUM_LANDMARKS + NUM_CORNERS]
+        if self.num_camera:
+            camera = corners_to_camera(corners, self.size) if len(corners) else np.zeros(4)
+            params.append(camera)
+        if self.num_ring:
+            ring = points[NUM_LANDMARKS + NUM_CORNERS :]
+            offset = ring - skull_ring(self.key_landmarks, landmarks) if len(ring) else 0
+            params.append(ring_to_params(np.zeros((RING_POINTS, 2)) + offset))
+        return np.concatenate(params)
 
     def indices_to_landmarks(self, indices: np.ndarray) -> np.ndarray:
-        """Decoded indices -> float32 motion points (68, 2), or (72, 2) with the camera."""
+        """Decoded indices -> float32 motion points (`MotionConfig.num_points`, 2)."""
         params = indices * self.steps
         pts = params_to_landmarks(params[: self.num_shape], self.model, self.detail)
         if not self.num_camera:
             return pts
-        return np.vstack([pts, camera_to_corners(params[self.num_shape :], self.size)])
+        camera = params[self.num_shape : self.num_shape + self.num_camera]
+        out = [pts, camera_to_corners(camera, self.size)]
+        if self.num_ring:
+            with np.errstate(over="ignore", invalid="ignore"):  # damaged streams: checked later
+                offset = params_to_ring(params[self.num_shape + self.num_camera :])
+                out.append((skull_ring(self.key_landmarks, pts) + offset).astype(np.float32))
+        return np.vstack(out)
 
     def start_segment(self, indices: np.ndarray, detail_indices: np.ndarray) -> None:
-        """indices: the key frame's pose and shape; its camera is still by definition."""
-        self.previous = np.concatenate([indices, np.zeros(self.num_camera, np.int64)])
+        """indices: the key frame's pose and shape; its camera is still and its ring on
+        the skull by definition."""
+        self.previous = np.concatenate([indices, np.zeros(self.n - len(indices), np.int64)])
         self.detail = detail_indices * self.detail_step
+        self.key_landmarks = params_to_landmarks(
+            indices * self.steps[: self.num_shape], self.model, self.detail
+        ).astype(np.float64)
         self.models.reset()
 
 
@@ -562,9 +670,12 @@ class MotionDecoder:
         if not np.isfinite(pts).all():
             raise BitstreamError("motion stream decodes to non-finite landmarks")
         if s.num_camera:  # a sender's camera stays well inside these (encoder.camera)
-            tx, ty, a, b = indices[s.num_shape :] * s.steps[s.num_shape :]
+            camera = slice(s.num_shape, s.num_shape + s.num_camera)
+            tx, ty, a, b = indices[camera] * s.steps[camera]
             if max(abs(tx), abs(ty)) > s.size or max(abs(a), abs(b)) > MAX_CAMERA_ZOOM:
                 raise BitstreamError("motion stream decodes to an implausible camera motion")
+        if s.num_ring and np.abs(pts[NUM_LANDMARKS + NUM_CORNERS :]).max() > 4 * s.size:
+            raise BitstreamError("motion stream decodes to an implausible ring motion")
         return pts
 
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from codec.generators.flow import RING_RADIUS
-from codec.motion import NUM_LANDMARKS, crop_corners, similarity_fit
+from codec.motion import NUM_LANDMARKS, RING_RADIUS, crop_corners, similarity_fit
 
 MAX_FEATURES = 150
 MIN_INLIERS = 12  # fewer (a plain backdrop, the head covering it): keep the last estimate

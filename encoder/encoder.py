@@ -45,6 +45,7 @@ from codec.motion import MotionConfig, MotionEncoder, default_shape_model
 from .camera import CameraTracker
 from .crop import CropBox
 from .pipeline import FaceFrame, FacePipeline, PipelineConfig
+from .ring import RingTracker
 
 # Rate control: the motion a frame is assumed to cost until the stream has sent some (an
 # expressive val clip, MEAD W009 fear: 55 bits a frame with framing), and the frames a
@@ -133,6 +134,7 @@ class Encoder:
         size = config.pipeline.crop.size
         self.motion = MotionEncoder(config.motion, shape_model, size)
         self.camera = CameraTracker(size) if config.motion.camera else None
+        self.ring = RingTracker() if config.motion.ring else None
         # Picks a held segment's key frame (the evaluation swaps in one that remembers its
         # answers: every operating point of a clip holds the same frames).
         self.choose_key = choose_key
@@ -250,6 +252,8 @@ class Encoder:
             self.camera.start(crop, key.landmarks)
         # The motion coder numbers the frames after the intra-coded ones from here.
         lm_bytes, decoded_points = self.motion.intra(key.landmarks, pts if shown else pts - 1)
+        if self.ring is not None:  # the receiver's ring is around the decoded landmarks
+            self.ring.start(crop, decoded_points)
         fields = binary.u8(self._codec) + binary.length_prefixed(lm_bytes)
         if self.config.target_kbps > 0:
             self._segment_end = pts + self._horizon(pts)
@@ -277,6 +281,8 @@ class Encoder:
             points = face.landmarks
             if self.camera is not None:
                 points = self.camera.motion_points(face.crop(), face.landmarks, key=False)
+        if self.ring is not None:
+            points = np.vstack([points, self.ring.track(face.crop(), face.landmarks)])
         decoded_points, ready = self.motion.inter(points)
         lowpass = self.lowpass is not None and self._since_key % self.config.lowpass_interval == 0
         refresh = self.config.refresh_drop_db > 0

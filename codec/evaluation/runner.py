@@ -78,6 +78,7 @@ class EvalConfig:
     face_stride: int = 1  # AKD/AED on every n-th frame (the dlib descriptor is ~60 ms)
     preset: str = "medium"  # anchors' x264/x265 preset
     camera_motion: bool = True  # gracecodec streams carry the camera's motion
+    ring_motion: bool = True  # and the ring's (with the camera's only: MotionConfig)
     lowpass_interval: int = 0  # gracecodec streams' low-pass residual updates (0: none)
     lowpass_min_gain: float = DEFAULT_MIN_GAIN  # dB per kbit an update must gain (EncoderConfig)
     motion_group: int = FILE_MOTION_GROUP  # gracecodec streams' frames per motion packet
@@ -243,7 +244,7 @@ def _code_grace(clip: _ClipData, run: Run, config: EvalConfig) -> _Coded:
         key_quality=run.key_quality or 0,
         keyframe_interval=run.keyframe_interval,
         target_kbps=run.target_kbps or 0.0,
-        motion=MotionConfig(camera=config.camera_motion),
+        motion=MotionConfig(camera=config.camera_motion, ring=config.ring_motion),
         model_id=model,
         model_digest=default_digest if model == default_id else b"",
         lowpass_interval=config.lowpass_interval,
@@ -484,6 +485,8 @@ def default_command(
         argv += ["--backends", *config.backends]
     if not config.camera_motion:
         argv.append("--no-camera-motion")
+    if not config.ring_motion:
+        argv.append("--no-ring-motion")
     if config.lowpass_interval != base.lowpass_interval:
         argv += ["--lowpass-interval", str(config.lowpass_interval)]
     if config.lowpass_min_gain != base.lowpass_min_gain:

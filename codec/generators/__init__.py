@@ -26,7 +26,8 @@ class Generator(Protocol):
 
     def set_reference(self, image: np.ndarray, landmarks: np.ndarray) -> None:
         """image: uint8 (H, W, 3) RGB key frame; landmarks: its motion points in its pixels,
-        float32 (68, 2), or (72, 2) with the camera's (`codec.generators.flow`)."""
+        float32 (68, 2), (72, 2) with the camera's, (88, 2) with the ring's too
+        (`codec.generators.flow`)."""
 
     def render(self, landmarks: np.ndarray) -> np.ndarray:
         """landmarks: the target's motion points (as above) -> uint8 (H, W, 3) RGB frame."""

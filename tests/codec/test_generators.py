@@ -63,7 +63,8 @@ def test_camera_points_move_the_background_with_the_face():
 def test_ring_follows_the_skull_not_the_open_mouth():
     """Opening the mouth (chin, lower jaw and lips down 12 px) moves the lower face but not
     the ring: the hair and head outline stay where the key frame has them."""
-    from codec.generators.flow import SKULL_POINTS, _ring, backward_map
+    from codec.generators.flow import backward_map
+    from codec.motion import SKULL_POINTS, face_ring
 
     ref = face_landmarks().astype(np.float64)
     target = ref.copy()
@@ -71,12 +72,35 @@ def test_ring_follows_the_skull_not_the_open_mouth():
     target[mouth, 1] += 12.0
     assert not set(mouth) & set(SKULL_POINTS)
     map_x, map_y = backward_map(ref, target, 256, 256)
-    for x, y in _ring(ref).round().astype(int):
+    for x, y in face_ring(ref).round().astype(int):
         x, y = np.clip([x, y], 0, 255)
         assert abs(map_x[y, x] - x) < 0.5 and abs(map_y[y, x] - y) < 0.5
     # The chin itself does move: it is fetched from 12 px higher up in the key frame.
     cx, cy = ref[8].round().astype(int)
     assert map_y[cy + 12, cx] == pytest.approx(cy, abs=1.0)
+
+
+def test_ring_goes_where_the_stream_sends_it():
+    """Motion points with ring rows (88, 2): the hair at each ring point is fetched from
+    the key frame's ring point, wherever the skull's pose would have put it."""
+    from codec.generators.flow import backward_map
+    from codec.motion import crop_corners, face_ring
+
+    ref = np.vstack([face_landmarks(), crop_corners(256, 256)]).astype(np.float64)
+    sway = np.array([7.0, -3.0])
+    ring = face_ring(ref) + sway
+    target = np.vstack([ref, ring])  # the face and camera still, the hair swung aside
+    map_x, map_y = backward_map(ref, target, 256, 256)
+    inside = [(p, q) for p, q in zip(ring, face_ring(ref)) if (p >= 1).all() and (p <= 254).all()]
+    assert len(inside) >= 8
+    for (x, y), (kx, ky) in inside:
+        xi, yi = int(round(x)), int(round(y))  # a pixel next to the ring point
+        assert map_x[yi, xi] == pytest.approx(kx + xi - x, abs=0.3)
+        assert map_y[yi, xi] == pytest.approx(ky + yi - y, abs=0.3)
+    # Without ring rows the ring stays with the (still) skull.
+    still_x, _ = backward_map(ref, ref, 256, 256)
+    xi, yi = np.round(face_ring(ref)[0]).astype(int).clip(0, 255)
+    assert still_x[yi, xi] == pytest.approx(xi, abs=0.3)
 
 
 def test_similarity_fit_recovers_a_known_transform():

@@ -1,5 +1,7 @@
 """Motion coder: round trips, closed-loop reconstruction, stream framing, damage."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -101,8 +103,12 @@ def test_config_round_trip_and_mismatch(model):
     # Version 1 (the releases before camera motion) had no flags byte: it still decodes.
     v1 = b"\x01" + still.to_bytes(model)[1:-1]
     assert motion.MotionConfig.from_bytes(v1, model) == still
-    with pytest.raises(BitstreamError, match="flags"):
-        motion.MotionConfig.from_bytes(config.to_bytes(model)[:-1] + b"\x03", model)
+    assert config.ring and not still.ring  # ring motion only with the camera's
+    no_ring = motion.MotionConfig(num_coeffs=10, step_px=1.25, ring=False)
+    assert motion.MotionConfig.from_bytes(no_ring.to_bytes(model), model) == no_ring
+    for flags in (b"\x04", b"\x02"):  # unknown; ring motion without the camera's
+        with pytest.raises(BitstreamError, match="flags"):
+            motion.MotionConfig.from_bytes(config.to_bytes(model)[:-1] + flags, model)
     other = motion.fit_shape_model([synthetic_track(50, 9)], max_coeffs=12)
     with pytest.raises(BitstreamError, match="shape model"):
         motion.MotionConfig.from_bytes(config.to_bytes(other), model)
@@ -157,7 +163,7 @@ def test_camera_corners_round_trip():
 
 def test_camera_motion_is_coded_closed_loop_and_cheap_when_still(model):
     track = synthetic_track(200, 8)
-    config = motion.MotionConfig(num_coeffs=12, step_px=1.25)
+    config = motion.MotionConfig(num_coeffs=12, step_px=1.25, ring=False)
     key, chunks, sent = code(panning(track), config, model)
     dec = motion.MotionDecoder(config, model)
     out = [dec.intra(key)] + [dec.inter(d) for _, d in chunks]
@@ -174,13 +180,56 @@ def test_camera_motion_is_coded_closed_loop_and_cheap_when_still(model):
     assert extra / len(track) < 1.0
 
 
-def test_an_implausible_camera_is_a_stream_error(model):
+def swaying_hair(track: np.ndarray) -> np.ndarray:
+    """The panning track (T, 72, 2) with the key frame's ring where hair swinging off the
+    skull's pose puts it: a drift and a second-harmonic sway on top of the skull's ring."""
+    out = []
+    ang = np.linspace(0, 2 * np.pi, motion.RING_POINTS, endpoint=False)
+    for t, pts in enumerate(panning(track)):
+        offset = np.stack([0.05 * t + 3 * np.sin(t / 9) * np.cos(2 * ang), 2 * np.sin(ang)], 1)
+        ring = motion.skull_ring(track[0], pts) + offset * min(t, 1)  # on the skull at the key
+        out.append(np.vstack([pts, ring]))
+    return np.array(out, np.float32)
+
+
+def test_ring_motion_is_coded_closed_loop_and_cheap_on_the_skull(model):
+    track = synthetic_track(200, 8)
     config = motion.MotionConfig(num_coeffs=12, step_px=1.25)
-    track = panning(synthetic_track(3, 2))
-    track[2, 68:] = (track[2, 68:] - 128) * 3 + 128  # a 3x zoom in one frame
+    key, chunks, sent = code(swaying_hair(track), config, model)
+    dec = motion.MotionDecoder(config, model)
+    out = [dec.intra(key)] + [dec.inter(d) for _, d in chunks]
+    for a, b in zip(out, sent):
+        np.testing.assert_array_equal(a, b)
+    assert out[0].shape == (88, 2) and config.num_points == 88
+    np.testing.assert_allclose(out[0][72:], motion.face_ring(out[0]), atol=1e-4)  # key: skull
+    ring_err = [motion.rms_error(d[72:], t[72:]) for d, t in zip(out, swaying_hair(track))]
+    # Harmonics up to the second are sent exactly but for the 2 px step (and the landmarks'
+    # own quantisation moving the skull's ring): no drift.
+    assert max(ring_err) < 2.0
+    # A ring that moves with the skull (72 points in: zeros coded) costs little more.
+    _, on_skull, _ = code(panning(track), config, model)
+    _, no_ring, _ = code(panning(track), dataclasses.replace(config, ring=False), model)
+    extra = sum(8 * len(d) for _, d in on_skull) - sum(8 * len(d) for _, d in no_ring)
+    assert extra / len(track) < 2.0
+
+
+def zoomed_3x(track: np.ndarray) -> np.ndarray:
+    track[2, 68:72] = (track[2, 68:72] - 128) * 3 + 128  # the camera zooms 3x in one frame
+    return track
+
+
+def hair_far_away(track: np.ndarray) -> np.ndarray:
+    track[2, 72:] += 3000  # the hair three crops away
+    return track
+
+
+@pytest.mark.parametrize("damage, what", [(zoomed_3x, "camera"), (hair_far_away, "ring")])
+def test_an_implausible_camera_or_ring_is_a_stream_error(model, damage, what):
+    config = motion.MotionConfig(num_coeffs=12, step_px=1.25)
+    track = damage(swaying_hair(synthetic_track(3, 2)))
     key, chunks, _ = code(track, config, model)
     dec = motion.MotionDecoder(config, model)
     dec.intra(key)
-    with pytest.raises(BitstreamError, match="implausible camera"):
+    with pytest.raises(BitstreamError, match=f"implausible {what}"):
         for _, data in chunks:
             dec.inter(data)

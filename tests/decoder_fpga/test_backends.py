@@ -201,10 +201,11 @@ def _straightforward_network_inputs(ref_lm, lm, size):
     coordinate grids): the reference the faster code in codec.generators.flow must equal."""
     import cv2
 
+    from codec import motion as flow_geometry
     from codec.generators import flow
 
-    ref_ring, border = flow._ring(ref_lm), flow._border(size, size)
-    skull = list(flow.SKULL_POINTS)
+    ref_ring, border = flow_geometry.face_ring(ref_lm), flow._border(size, size)
+    skull = list(flow_geometry.SKULL_POINTS)
     pose = flow.similarity_fit(ref_lm[skull], lm[skull])
     ring = ref_ring @ pose[:, :2].T + pose[:, 2]
     src, dst = np.vstack([ref_lm, ref_ring, border]), np.vstack([lm, ring, border])

@@ -13,6 +13,7 @@ from codec import cli  # noqa: E402
 from codec.generators.flow import landmark_heatmaps  # noqa: E402
 from codec.generators.torch_backend import TorchGenerator  # noqa: E402
 from codec.models.grace_s import GraceS, GraceSConfig  # noqa: E402
+from codec import motion  # noqa: E402
 from codec.motion import mean_face  # noqa: E402
 from codec.training import train as T  # noqa: E402
 
@@ -121,6 +122,27 @@ def test_near_pairs_stay_close_and_far_ones_spread(tmp_path):
     assert np.mean([abs(i - j) for _, i, j in far]) > 30
     pairs = T.distinct_pairs(data, 20, seed=0, min_gap=0, max_gap=3)
     assert all(0 < abs(i - j) <= 3 for _, i, j in pairs)
+
+
+def test_ring_motion_of_a_pair_follows_the_driving_frame(tmp_path):
+    """A driving frame that is the source moved 4 px right but for the landmarks (the hair
+    swings, the face stays): the ring's points (rows 72-87) move 4 px right, the skull's
+    pose would leave them."""
+    import cv2
+
+    tiny_cache(tmp_path, frames=2, clips=("a",))
+    data = T.PairDataset(tmp_path)
+    src = face_crop()
+    dst = cv2.warpAffine(src, np.float32([[1, 0, 4], [0, 1, 0]]), (256, 256))
+    src_lm = np.vstack([mean_face(256), motion.crop_corners(256, 256)]).astype(np.float32)
+    pts = data.ring_motion(src, dst, src_lm, src_lm)
+    assert pts.shape == (88, 2)
+    np.testing.assert_array_equal(pts[:72], src_lm)
+    ring = motion.face_ring(src_lm)
+    inside = ((ring > 16) & (ring < 240)).all(1)
+    np.testing.assert_allclose(pts[72:][inside], ring[inside] + [4.0, 0.0], atol=1.0)
+    sample = data.sample(0, 0, 1, None, 256, ring=False)
+    assert sample["grid"].shape == (2, 256, 256)
 
 
 def test_sharpness_charges_blur_more_than_a_small_shift():
