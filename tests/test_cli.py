@@ -154,7 +154,8 @@ def test_mp4_output_and_options(example_clip, tmp_path):
     with open(still, "rb") as f:
         assert AgcReader(f).header.motion_params[-1] == 0
     with open(agc, "rb") as f:
-        assert AgcReader(f).header.motion_params[-1] == 1  # the default: camera motion on
+        # The default: camera motion (bit 0) and ring motion (bit 1) on.
+        assert AgcReader(f).header.motion_params[-1] == 3
     assert main(["decode", str(still), str(tmp_path / "still.mkv"), "--quiet"]) == 0
 
 
