@@ -280,7 +280,7 @@ class StreamInfo:
             + (f" (digest {h.model_digest.hex()})" if h.model_digest else " (no weights)"),
             f"video        {h.width}x{h.height} at {float(h.fps):.3f} fps ({h.fps}), "
             f"{self.frames} frames, {self.duration:.2f} s",
-            f"landmarks    {h.landmark_scheme.name}, motion parameters {h.motion_params.hex()}",
+            f"landmarks    {h.landmark_scheme.name}, {motion_description(h.motion_params)}",
             f"packets      {n_key} KEYFRAME, {n_ref} REFERENCE ({codecs}), {n_single} MOTION, {n_group} "
             f"MOTION_GROUP ({n_motion} motion frames), {n_lowpass} LOWPASS, "
             f"{sum(self.packets.values()) - n_known} other",
@@ -294,6 +294,16 @@ class StreamInfo:
             f"  total      {self.file_bytes:<10d} {self.kbps(self.file_bytes):.3f}",
         ]
         return "\n".join(lines)
+
+
+def motion_description(params: bytes) -> str:
+    """The header's motion coder parameters in words, or why this build cannot read them."""
+    from .motion import MotionConfig, default_shape_model
+
+    try:
+        return MotionConfig.from_bytes(params, default_shape_model()).describe()
+    except BitstreamError as e:
+        return f"motion parameters {params.hex()} ({e})"
 
 
 def stream_info(path) -> StreamInfo:

@@ -307,6 +307,14 @@ class MotionConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ring", self.ring and self.camera)  # frozen
 
+    def describe(self) -> str:
+        """One line for `gracecodec info`."""
+        extras = [name for name, on in (("camera", self.camera), ("ring", self.ring)) if on]
+        return (
+            f"{self.num_coeffs} shape coefficients, {self.step_px:g} px step, "
+            + (" and ".join(extras) + " motion" if extras else "no camera or ring motion")
+        )
+
     @property
     def num_params(self) -> int:
         return (

@@ -87,6 +87,7 @@ def test_info_reports_rate_breakdown(encoded, capsys):
     assert main(["info", str(encoded)]) == 0
     out = capsys.readouterr().out
     assert "KEYFRAME" in out and "MOTION_GROUP" in out
+    assert "20 shape coefficients, 1.25 px step, camera and ring motion" in out
     assert re.search(r"motion\s+\d+\s+[\d.]+", out)
     assert re.search(r"total\s+\d+\s+[\d.]+", out)
 

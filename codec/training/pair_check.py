@@ -4,7 +4,8 @@
 
 Pairs (source, driving) from the prepared val cache, more than `--min-gap` frames apart;
 the source goes through the key-frame codec (HEVC intra at `--key-quality`) like a real
-key frame. Metrics are those of `gracecodec eval` (PSNR, SSIM, MS-SSIM, dlib AKD and AED) on
+key frame, and the driving frame carries the ring's motion as the default stream does
+(`--no-ring-motion`: the ring follows the skull). Metrics are those of `gracecodec eval` (PSNR, SSIM, MS-SSIM, dlib AKD and AED) on
 the 256x256 frames. A quick way to choose among training exports before a full eval.
 """
 
@@ -19,7 +20,8 @@ from .train import PairDataset, coded_key_frame, distinct_pairs, make_inputs
 
 
 def score(checkpoints: list[Path], data: Path, pairs: int, seed: int, key_quality: int,
-          min_gap: int = 5, max_gap: int | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+          min_gap: int = 5, max_gap: int | None = None,
+          ring: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
     """name -> (PSNR, SSIM, MS-SSIM, AKD, AED) means over the pairs the detector finds a face in."""
     import torch
     from tqdm import tqdm
@@ -38,8 +40,11 @@ def score(checkpoints: list[Path], data: Path, pairs: int, seed: int, key_qualit
         ref = face_reference(dst)
         if ref.box is None:
             continue
+        src_lm, dst_lm = val.landmarks[c][i], val.landmarks[c][j]
+        if ring:  # measured from the original source crop, as the sender does
+            dst_lm = val.ring_motion(np.array(val.crops[c][i]), dst, src_lm, dst_lm)
         x = {k: torch.from_numpy(v)[None] for k, v in make_inputs(
-            src, val.landmarks[c][i], val.landmarks[c][j], dst.shape[0]).items()}  # fmt: skip
+            src, src_lm, dst_lm, dst.shape[0]).items()}  # fmt: skip
         outs = {"warp": warp(x["ref"], x["grid"])}
         with torch.inference_mode():
             for k, m in models.items():
@@ -64,6 +69,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--max-gap", type=int, default=None, help="at most this many frames apart (near pairs)"
     )
+    p.add_argument(
+        "--no-ring-motion", dest="ring", action="store_false", help="the ring follows the skull"
+    )
     args = p.parse_args(argv)
     result = score(
         args.checkpoints,
@@ -73,6 +81,7 @@ def main(argv=None) -> int:
         args.key_quality,
         args.min_gap,
         args.max_gap,
+        args.ring,
     )
     print("| weights | PSNR (dB) | SSIM | MS-SSIM | AKD (px) | AED |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -106,6 +106,8 @@ def test_config_round_trip_and_mismatch(model):
     assert config.ring and not still.ring  # ring motion only with the camera's
     no_ring = motion.MotionConfig(num_coeffs=10, step_px=1.25, ring=False)
     assert motion.MotionConfig.from_bytes(no_ring.to_bytes(model), model) == no_ring
+    assert no_ring.describe() == "10 shape coefficients, 1.25 px step, camera motion"
+    assert still.describe().endswith("no camera or ring motion")
     for flags in (b"\x04", b"\x02"):  # unknown; ring motion without the camera's
         with pytest.raises(BitstreamError, match="flags"):
             motion.MotionConfig.from_bytes(config.to_bytes(model)[:-1] + flags, model)
