@@ -5,8 +5,9 @@
 Pairs (source, driving) from the prepared val cache, more than `--min-gap` frames apart;
 the source goes through the key-frame codec (HEVC intra at `--key-quality`) like a real
 key frame, and the driving frame carries the ring's motion as the default stream does
-(`--no-ring-motion`: the ring follows the skull). Metrics are those of `gracecodec eval` (PSNR, SSIM, MS-SSIM, dlib AKD and AED) on
-the 256x256 frames. A quick way to choose among training exports before a full eval.
+(`--no-ring-motion`: the ring follows the skull). Metrics are those of `gracecodec eval`
+(PSNR, SSIM, MS-SSIM, dlib AKD and AED) on the 256x256 frames. A quick way to choose among
+training exports before a full eval.
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ def score(checkpoints: list[Path], data: Path, pairs: int, seed: int, key_qualit
     models = {str(p): load_model(p).to(memory_format=torch.channels_last) for p in checkpoints}
     rows: dict[str, list] = {"warp": [], **{k: [] for k in models}}
     for c, i, j in tqdm(distinct_pairs(val, pairs, seed, min_gap, max_gap), desc="pairs"):
-        src = coded_key_frame(np.array(val.crops[c][i]), key_quality)
+        original = np.array(val.crops[c][i])
+        src = coded_key_frame(original, key_quality)
         dst = np.array(val.crops[c][j])
         ref = face_reference(dst)
         if ref.box is None:
             continue
         src_lm, dst_lm = val.landmarks[c][i], val.landmarks[c][j]
         if ring:  # measured from the original source crop, as the sender does
-            dst_lm = val.ring_motion(np.array(val.crops[c][i]), dst, src_lm, dst_lm)
+            dst_lm = val.ring_motion(original, dst, src_lm, dst_lm)
         x = {k: torch.from_numpy(v)[None] for k, v in make_inputs(
             src, src_lm, dst_lm, dst.shape[0]).items()}  # fmt: skip
         outs = {"warp": warp(x["ref"], x["grid"])}
