@@ -50,8 +50,8 @@ Tensors with a fixed, known range get a fixed scale, the others a calibrated one
 Calibration
 ===========
 The float graph (`run_float_graph`, which equals `GraceS.render` to float precision) runs
-over calibration pairs (source/driving frames of the prepared train cache,
-`calibration_samples`). Per tensor: scale = P / 127 where P is the `percentile` (default
+over calibration pairs (source/driving frames of the prepared train cache, the driving
+frame's ring moved as the default stream moves it, `calibration_samples`). Per tensor: scale = P / 127 where P is the `percentile` (default
 99.99) of |x| over a random subsample of every sample's values (method "percentile"), or
 the max of |x| (method "max"). Weights: per output channel, `int8_ref.quantize_weights`
 (max |w| / 127); a channel whose weights are all zero gets the scale that makes its
@@ -363,7 +363,9 @@ def run_float_graph(model, graph: Graph, inputs: dict) -> dict:
 
 
 def calibration_samples(root: Path, size: int, count: int = 32, seed: int = 0) -> list[dict]:
-    """(source, driving) pairs of the prepared cache `root` (e.g. cache/train_data/train).
+    """(source, driving) pairs of the prepared cache `root` (e.g. cache/train_data/train),
+    the driving frame's motion points carrying the ring's motion as the default stream
+    sends it (`PairDataset.ring_motion`): the grids the network sees in use.
 
     Returns float32 numpy dicts: ref (3, S, S), grid (2, S, S), target_heat and ref_heat
     (G, S/4, S/4); crops are resized to `size` when the cache holds another size.
@@ -371,27 +373,28 @@ def calibration_samples(root: Path, size: int, count: int = 32, seed: int = 0) -
     import cv2
 
     from codec.generators.flow import landmark_heatmaps, network_inputs
-    from codec.training.prepare import read_cache
+    from codec.training.train import PairDataset
 
     index = Path(root) / "index.json"
     if not index.is_file():
         raise QuantizationError(f"no calibration data: {index} is missing")
-    clips, arrays = read_cache(root, "crops", "decoded", "segment")
-    if not clips:
+    cache = PairDataset(root)
+    if not cache.clips:
         raise QuantizationError(f"no calibration data: {index} lists no clips")
     rng = np.random.default_rng(seed)
     out = []
     for n in range(count):
-        c = n % len(clips)
-        crops, lms, seg = arrays["crops"][c], arrays["decoded"][c], arrays["segment"][c]
+        c = n % len(cache.clips)
+        crops, lms, seg = cache.crops[c], cache.landmarks[c], cache.segments[c]
         i = int(rng.integers(len(seg)))
         j = int(rng.choice(np.flatnonzero(seg == seg[i])))
         img = np.array(crops[i])
+        driven = cache.ring_motion(img, np.array(crops[j]), lms[i], lms[j])
         k = size / img.shape[0]
         if img.shape[:2] != (size, size):
             img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
         src_lm = (lms[i].astype(np.float64) + 0.5) * k - 0.5
-        dst_lm = (lms[j].astype(np.float64) + 0.5) * k - 0.5
+        dst_lm = (driven.astype(np.float64) + 0.5) * k - 0.5
         grid, heat = network_inputs(src_lm, dst_lm, size)
         out.append(
             {

@@ -410,6 +410,34 @@ def _bd_table(rows: list[dict], clips: list[str], metrics: list[str]) -> list[di
     return table
 
 
+ANCHOR_QP = 47  # the issue's bar: x265 at QP 47 (the run's highest QP if it has no QP 47)
+
+
+def _clip_counts(rows: list[dict], clips: list[str], metrics: list[str]) -> dict[str, Any]:
+    """Per gracecodec operating point: on how many clips it codes fewer bits than the same
+    clip's x265 anchor point, and on how many it is at least as good on each metric. Means
+    hide spread: a mean ahead can come from a few clips far ahead and many behind."""
+    x265 = [r for r in rows if r["clip"] in clips and r["codec"] == "x265"]
+    qps = sorted({int(r["qp"]) for r in x265})
+    if not qps:
+        return {}
+    qp = ANCHOR_QP if ANCHOR_QP in qps else qps[-1]
+    anchor = {r["clip"]: r for r in x265 if int(r["qp"]) == qp}
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["clip"] in anchor and r["codec"].startswith(GRACE):
+            groups[(r["codec"], r["operating_point"])].append(r)
+    table = []
+    for (codec, op), rs in sorted(groups.items()):
+        entry: dict[str, Any] = {"codec": codec, "operating_point": op, "clips": len(rs)}
+        entry["lower_rate"] = sum(r["kbps"] <= anchor[r["clip"]]["kbps"] for r in rs)
+        for m in metrics:
+            sign = 1 if HIGHER_IS_BETTER[m] else -1
+            entry[m] = sum(sign * (r[m] - anchor[r["clip"]][m]) >= 0 for r in rs)
+        table.append(entry)
+    return {"anchor": f"x265 qp={qp}", "counts": table}
+
+
 # ------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------
@@ -587,6 +615,7 @@ def run_eval(
         "metrics": metrics,
         "summary": summary,
         "bd_rate": bd,
+        "clip_counts": _clip_counts(rows, complete, metrics),
         "rows": rows,
     }
     _write_csv(out / "results.csv", rows)
@@ -828,6 +857,22 @@ def _markdown(result: dict, plots: list[str], strip: bool) -> str:
     for b in result["bd_rate"]:
         cells = ["n/a" if b[k] is None else f"{b[k]:+.1f} ({b[k + '_clips']})" for k in metrics]
         lines.append(f"| {b['curve']} | " + " | ".join(cells) + " |")
+    counts = result["clip_counts"]
+    if counts:
+        lines += [
+            "",
+            f"## Clip by clip against {counts['anchor']}",
+            "",
+            f"Clips where the point codes at most the bits of the same clip's {counts['anchor']} "
+            "(rate), and where it is at least as good on each metric.",
+            "",
+            "| codec | operating point | rate | " + " | ".join(LABELS[k] for k in metrics) + " |",
+            "|---|---|" + "---:|" * (len(metrics) + 1),
+        ]
+        for c in counts["counts"]:
+            n = c["clips"]
+            cells = [f"{c['lower_rate']}/{n}"] + [f"{c[k]}/{n}" for k in metrics]
+            lines.append(f"| {c['codec']} | {c['operating_point']} | " + " | ".join(cells) + " |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     if strip:
         lines += ["", "![strip](strip.png)"]

@@ -174,19 +174,33 @@ def test_dead_channel_keeps_its_bias():
         Q.quantize_conv_layer(w, np.array([1e9, 0.0]), 0.01, 0.005, None, "t")
 
 
-def test_calibration_samples_from_a_prepared_cache(tmp_path):
-    """The train cache layout (crops at 256 px) resized to the model's size."""
+def test_calibration_samples_from_a_prepared_cache(tmp_path, monkeypatch):
+    """The train cache layout (crops at 256 px, 68 landmarks + the camera's 4 corners)
+    resized to the model's size; the driving grid moves the ring as the stream does."""
+    from codec.motion import crop_corners
+
     root = tmp_path / "train"
     rng = np.random.default_rng(0)
+    points = np.vstack([face(256), crop_corners(256, 256)]).astype(np.float32)
     for name in ("a", "b"):
         (root / name).mkdir(parents=True)
         crops = rng.integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
         np.save(root / name / "crops.npy", crops)
-        np.save(root / name / "decoded.npy", np.stack([face(256)] * 3))
+        np.save(root / name / "decoded.npy", np.stack([points] * 3))
         np.save(root / name / "segment.npy", np.zeros(3, np.int32))
     (root / "index.json").write_text(json.dumps([{"clip": "a"}, {"clip": "b"}]))
+    from codec.training.train import PairDataset
+
+    driven = []
+    ring_motion = PairDataset.ring_motion
+
+    def spy(self, *args):
+        driven.append(ring_motion(self, *args))
+        return driven[-1]
+
+    monkeypatch.setattr(PairDataset, "ring_motion", spy)
     out = Q.calibration_samples(root, SIZE, count=3)
-    assert len(out) == 3
+    assert len(out) == 3 and len(driven) == 3 and driven[0].shape == (88, 2)
     assert out[0]["ref"].shape == (3, SIZE, SIZE) and out[0]["ref"].dtype == np.float32
     assert out[0]["grid"].shape == (2, SIZE, SIZE)
     assert out[0]["target_heat"].shape == (8, SIZE // 4, SIZE // 4)

@@ -35,6 +35,38 @@ def test_bd_rate_only_over_the_shared_quality_interval():
     assert math.isfinite(bd_rate(*anchor, [100.0, 200.0], [34.0, 38.0]))
 
 
+def test_clip_counts_compare_each_clip_with_its_own_x265_point():
+    from codec.evaluation.runner import _clip_counts
+
+    def row(clip, codec, op, kbps, ms_ssim, akd, qp=""):
+        return dict(
+            clip=clip, codec=codec, operating_point=op, qp=qp, kbps=kbps, ms_ssim=ms_ssim, akd=akd
+        )
+
+    rows = [
+        row("a", "x265", "qp=42", 20.0, 0.95, 1.0, 42),
+        row("a", "x265", "qp=47", 10.0, 0.90, 2.0, 47),
+        row("b", "x265", "qp=47", 8.0, 0.80, 3.0, 47),
+        row("a", "gracecodec/torch", "kq=30", 5.0, 0.91, 2.5),  # better MS-SSIM, worse AKD
+        row("b", "gracecodec/torch", "kq=30", 9.0, 0.80, 2.0),  # more bits, ties MS-SSIM
+    ]
+    counts = _clip_counts(rows, ["a", "b"], ["ms_ssim", "akd"])
+    assert counts["anchor"] == "x265 qp=47"
+    assert counts["counts"] == [
+        dict(
+            codec="gracecodec/torch",
+            operating_point="kq=30",
+            clips=2,
+            lower_rate=1,
+            ms_ssim=2,
+            akd=1,
+        )
+    ]
+    # Without QP 47 in the run the anchor is its highest QP.
+    assert _clip_counts(rows[:1] + rows[3:4], ["a"], ["akd"])["anchor"] == "x265 qp=42"
+    assert _clip_counts(rows[3:], ["a", "b"], ["akd"]) == {}  # no x265: no table
+
+
 def test_find_clips_from_a_manifest_and_a_folder(tmp_path):
     (tmp_path / "a.mp4").write_bytes(b"x")
     (tmp_path / "b.mkv").write_bytes(b"x")
@@ -85,6 +117,7 @@ def test_rate_targets_are_a_curve_of_their_own(tmp_path):
     for r in grace:
         assert r["status"] == "ok" and r["kbps"] == pytest.approx(r["target_kbps"], rel=0.15)
     command = json.loads((out / "results.json").read_text())["command"]
+    assert "## Clip by clip against x265 qp=51" in (out / "summary.md").read_text()
     assert "--target-kbps 4 8" in command and "--key-qualities" not in command
 
 
