@@ -310,9 +310,8 @@ class MotionConfig:
     def describe(self) -> str:
         """One line for `gracecodec info`."""
         extras = [name for name, on in (("camera", self.camera), ("ring", self.ring)) if on]
-        return (
-            f"{self.num_coeffs} shape coefficients, {self.step_px:g} px step, "
-            + (" and ".join(extras) + " motion" if extras else "no camera or ring motion")
+        return f"{self.num_coeffs} shape coefficients, {self.step_px:g} px step, " + (
+            " and ".join(extras) + " motion" if extras else "no camera or ring motion"
         )
 
     @property

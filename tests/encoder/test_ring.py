@@ -50,7 +50,9 @@ def test_a_stream_with_ring_motion_shows_the_hair_where_it_swung():
     """Encoder -> .agc packets -> Decoder (warp): with ring motion the hair band of the
     decoded frame follows the swing; without it, it stays where the key frame had it."""
     face = mean_face(256)
-    faces = [FaceFrame(t, scene(0.4 * t), CropBox(0, 0, 256), face, False, False) for t in range(20)]
+    faces = [
+        FaceFrame(t, scene(0.4 * t), CropBox(0, 0, 256), face, False, False) for t in range(20)
+    ]
     c = face.mean(0)
     ring_radius = np.linalg.norm(face_ring(face)[0] - c)
     yy, xx = np.mgrid[0:256, 0:256]

@@ -9,11 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("pytorch_msssim")
 
-from codec import cli  # noqa: E402
+from codec import cli, motion  # noqa: E402
 from codec.generators.flow import landmark_heatmaps  # noqa: E402
 from codec.generators.torch_backend import TorchGenerator  # noqa: E402
 from codec.models.grace_s import GraceS, GraceSConfig  # noqa: E402
-from codec import motion  # noqa: E402
 from codec.motion import mean_face  # noqa: E402
 from codec.training import train as T  # noqa: E402
 
