@@ -51,9 +51,10 @@ Calibration
 ===========
 The float graph (`run_float_graph`, which equals `GraceS.render` to float precision) runs
 over calibration pairs (source/driving frames of the prepared train cache, the driving
-frame's ring moved as the default stream moves it, `calibration_samples`). Per tensor: scale = P / 127 where P is the `percentile` (default
-99.99) of |x| over a random subsample of every sample's values (method "percentile"), or
-the max of |x| (method "max"). Weights: per output channel, `int8_ref.quantize_weights`
+frame's ring moved as the default stream moves it, `calibration_samples`). Per tensor:
+scale = P / 127 where P is the `percentile` (default 99.99) of |x| over a random
+subsample of every sample's values (method "percentile"), or the max of |x| (method
+"max"). Weights: per output channel, `int8_ref.quantize_weights`
 (max |w| / 127); a channel whose weights are all zero gets the scale that makes its
 multiplier 2^-8 so its bias stays exact. Biases: int32 at s_in * s_w[co] (an error if it
 would not fit 2^30). Multipliers: `int8_ref.quantize_multiplier`.
